@@ -1,0 +1,140 @@
+"""One settings object for every process of the project.
+
+Values come, highest priority first, from keyword arguments, environment variables
+(prefix ``EMBED_``, e.g. ``EMBED_PORT=8080``), a ``.env`` file, a TOML config file
+(``--config`` or ``EMBED_CONFIG``) and the defaults below. The served models default to
+``config/models.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODELS_FILE = Path(__file__).with_name("models.toml")
+CONFIG_FILE_ENV = "EMBED_CONFIG"
+
+
+class ModelSpec(BaseModel):
+    """One served model, as written in ``models.toml``."""
+
+    model_config = {"extra": "forbid"}
+
+    id: str = Field(min_length=1)
+    aliases: list[str] = []
+    source: str = Field(min_length=1)
+    pooling: Literal["mean", "cls", "last"] | None = None
+    normalize: bool | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    query_prefix: str = ""
+    document_prefix: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+
+def read_models_file(path: Path) -> list[ModelSpec]:
+    with path.open("rb") as file:
+        data = tomllib.load(file)
+    return [ModelSpec.model_validate(entry) for entry in data.get("models", [])]
+
+
+def _split_keys(value: Any) -> Any:
+    # "key1,key2" from the environment; a list from TOML or Python.
+    if isinstance(value, str):
+        return [key.strip() for key in value.split(",") if key.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EMBED_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    rate_limit: str | None = Field(
+        default=None, description="Per API key, in the `limits` notation, e.g. '600/minute'."
+    )
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    log_level: str = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    # Models
+    models_file: Path = DEFAULT_MODELS_FILE
+    models: list[ModelSpec] = []
+    truncate: bool = Field(default=True, description="Cut inputs over a model's limit; false: answer 400.")
+    token_ids: Literal["cl100k_base", "model"] = Field(
+        default="cl100k_base",
+        description="How token-id inputs are read: OpenAI's cl100k_base ids (what OpenAI clients send) "
+        "or the served model's own tokenizer ids.",
+    )
+
+    # Batching and inference
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    max_batch_tokens: int = Field(default=8192, gt=0, description="Padded tokens per forward pass.")
+    max_batch_size: int = Field(default=32, gt=0)
+    max_queued_texts: int = Field(default=8192, gt=0)
+    retry_after_seconds: int = Field(default=2, ge=1)
+    cache_size: int = Field(default=50_000, ge=0, description="Embeddings kept in memory; 0 turns the cache off.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        return _split_keys(value)
+
+    @model_validator(mode="after")
+    def _default_models(self) -> "Settings":
+        if not self.models:
+            self.models = read_models_file(self.models_file)
+        names = [name for spec in self.models for name in spec.names]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model names used twice: {', '.join(duplicates)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, dotenv_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return (*sources, file_secret_settings)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, a TOML file (argument or ``EMBED_CONFIG``) and overrides."""
+    config_file = config_file or os.environ.get(CONFIG_FILE_ENV)
+    if not config_file:
+        return Settings(**overrides)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**Settings.model_config, toml_file=path)
+
+    return FileSettings(**overrides)

@@ -1,0 +1,3 @@
+"""OpenAI-format embeddings API served from local transformer models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,53 @@
+"""The app factory: routers, error handlers, middleware; the lifespan loads models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from config import Settings, load_settings
+from embed_server import __version__
+from embed_server.auth import KeyGuard
+from embed_server.errors import install_error_handlers
+from embed_server.metrics import Metrics
+from embed_server.middleware import RequestGuard
+from embed_server.registry import ModelRegistry
+from embed_server.routes import embeddings, health, models
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings, metrics)
+        app.state.registry = registry
+        # Loading runs in the background so /health answers while large models load.
+        loading = asyncio.create_task(registry.load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await registry.close()
+
+    app = FastAPI(
+        title="Local embeddings server",
+        version=__version__,
+        summary="OpenAI-format embeddings from local transformer models.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.started = int(time.time())
+    app.state.key_guard = KeyGuard([key.get_secret_value() for key in settings.api_keys], settings.rate_limit)
+    install_error_handlers(app)
+    app.include_router(embeddings.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes)
+    return app

@@ -1,0 +1,84 @@
+"""Model id or alias -> the Embedder that serves it. Loads models off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from config import ModelSpec, Settings
+from embed_server.backends import TransformerBackend
+from embed_server.batcher import LengthSortedBatcher
+from embed_server.cache import EmbeddingCache
+from embed_server.embedder import Embedder
+from embed_server.errors import ModelNotFound, NotReady
+from embed_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.specs = settings.models
+        # One inference thread for all models: they share the same cores, and torch
+        # parallelises each forward pass itself (settings.threads).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._embedders: dict[str, Embedder] = {}
+        self.load_error: str | None = None
+        self.ready = False
+
+    async def load(self) -> None:
+        """Load every model, then start its batcher. Failures are kept for /ready and /health."""
+        try:
+            for spec in self.specs:
+                backend = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, TransformerBackend, spec, self.settings.threads
+                )
+                self._add(spec, backend)
+        except Exception as error:
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.error("model loading failed", extra={"error": self.load_error})
+            return
+        self.ready = True
+        log.info("models ready", extra={"models": [spec.id for spec in self.specs]})
+
+    def _add(self, spec: ModelSpec, backend: TransformerBackend) -> None:
+        s = self.settings
+        batcher = LengthSortedBatcher(
+            backend,
+            self.executor,
+            max_batch_tokens=s.max_batch_tokens,
+            max_batch_size=s.max_batch_size,
+            max_queued_texts=s.max_queued_texts,
+            retry_after_seconds=s.retry_after_seconds,
+            on_batch=self.metrics.batch_observer(spec.id),
+        )
+        batcher.start()
+        embedder = Embedder(
+            spec, backend, batcher, EmbeddingCache(s.cache_size), self.metrics,
+            truncate=s.truncate, token_ids=s.token_ids,
+        )
+        for name in spec.names:
+            self._embedders[name] = embedder
+
+    def get(self, name: str) -> Embedder:
+        spec = self.find_spec(name)
+        embedder = self._embedders.get(name)
+        if embedder is None and self.load_error:
+            raise NotReady(f"The server could not load its models: {self.load_error}")
+        if embedder is None:
+            raise NotReady(f"The model '{spec.id}' is still loading. Retry shortly.", headers={"Retry-After": "5"})
+        return embedder
+
+    def find_spec(self, name: str) -> ModelSpec:
+        for spec in self.specs:
+            if name in spec.names:
+                return spec
+        raise ModelNotFound(f"The model '{name}' does not exist. Served models: {', '.join(s.id for s in self.specs)}.", param="model")
+
+    async def close(self) -> None:
+        for embedder in set(self._embedders.values()):
+            await embedder.batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from fastapi import Request
+
+from embed_server.registry import ModelRegistry
+
+
+def registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def require_api_key(request: Request) -> None:
+    client = request.client.host if request.client else None
+    request.app.state.key_guard.admit(request.headers.get("authorization"), client)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from embed_server.registry import ModelRegistry
+from embed_server.routes.dependencies import registry
+
+router = APIRouter()
+
+
+@router.get("/health", summary="Alive: the process answers and no model failed to load")
+async def health(models: ModelRegistry = Depends(registry)) -> JSONResponse:
+    if models.load_error:
+        return JSONResponse({"status": "failed", "error": models.load_error}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", summary="Ready: every model is loaded")
+async def ready(models: ModelRegistry = Depends(registry)) -> JSONResponse:
+    body = {"ready": models.ready, "models": [spec.id for spec in models.specs]}
+    if models.load_error:
+        body["error"] = models.load_error
+    return JSONResponse(body, status_code=200 if models.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from config import ModelSpec
+from embed_server.registry import ModelRegistry
+from embed_server.routes.dependencies import registry, require_api_key
+from embed_server.schemas import ModelList, ModelObject, error_responses
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+def _model_object(spec: ModelSpec, created: int) -> ModelObject:
+    return ModelObject(id=spec.id, created=created, owned_by="local")
+
+
+@router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 429))
+async def list_models(request: Request, models: ModelRegistry = Depends(registry)) -> ModelList:
+    return ModelList(data=[_model_object(spec, request.app.state.started) for spec in models.specs])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelObject, responses=error_responses(401, 404, 429))
+async def retrieve_model(model_id: str, request: Request, models: ModelRegistry = Depends(registry)) -> ModelObject:
+    return _model_object(models.find_spec(model_id), request.app.state.started)

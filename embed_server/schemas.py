@@ -1,0 +1,113 @@
+"""Request and response shapes of the OpenAI embeddings API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+MAX_INPUTS = 2048  # OpenAI's limit per request
+
+
+def _check_input(value: Any) -> Any:
+    """Clear messages for what OpenAI rejects; pydantic's union errors would list every branch."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("the input must not be an empty string")
+        return value
+    if not isinstance(value, list):
+        raise ValueError("must be a string, an array of strings, an array of token ids or an array of arrays of token ids")
+    if not value:
+        raise ValueError("the input must not be an empty array")
+    if len(value) > MAX_INPUTS:
+        raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
+    first = value[0]
+    if isinstance(first, str):
+        kind, check = "strings", lambda item: isinstance(item, str) and item != ""
+    elif isinstance(first, int) and not isinstance(first, bool):
+        kind, check = "token ids", _is_token_id
+    elif isinstance(first, list):
+        kind, check = "arrays of token ids", lambda item: isinstance(item, list) and item and all(map(_is_token_id, item))
+    else:
+        raise ValueError("items must be strings, token ids or arrays of token ids")
+    for index, item in enumerate(value):
+        if not check(item):
+            raise ValueError(f"item {index} is not valid in an array of {kind} (empty, negative or of another type)")
+    return value
+
+
+def _is_token_id(item: Any) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**31
+
+
+class EmbeddingRequest(BaseModel):
+    # Unknown fields are ignored, as OpenAI does; clients add their own.
+    model_config = ConfigDict(extra="ignore")
+
+    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+        description="Text or token ids to embed: a string, up to 2048 strings, token ids, or arrays of token ids."
+    )
+    model: StrictStr = Field(min_length=1, description="A served model id or alias (GET /v1/models).")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(default=None, ge=1, description="Truncate vectors to this size, then re-normalise.")
+    user: StrictStr | None = None
+    input_type: Literal["query", "document"] | None = Field(
+        default=None, description="Selects the model's query or document prefix (Open WebUI's RAG_EMBEDDING_PREFIX_FIELD_NAME)."
+    )
+
+    _check = field_validator("input", mode="before")(lambda cls, value: _check_input(value))
+
+    @property
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The input as a list: a single string or a single token-id list becomes one item."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return self.input  # type: ignore[return-value]
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: Usage
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {status: {"model": ErrorResponse} for status in statuses}

@@ -1,0 +1,1 @@
+"""Tools that work on the Chroma store Open WebUI shares with us."""
