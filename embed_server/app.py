@@ -50,4 +50,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes)
+    app.openapi = lambda: _openapi_with_served_models(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_served_models(app: FastAPI) -> dict:
+    """The schema, with the served model ids as examples and the smallest model size as the
+    ``dimensions`` maximum, so that generated clients and fuzzers send requests that can succeed."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)
+    registry: ModelRegistry | None = getattr(app.state, "registry", None)
+    if registry is None or not registry.ready:
+        app.openapi_schema = None  # ask again once the models are loaded
+        return schema
+    properties = schema["components"]["schemas"]["EmbeddingRequest"]["properties"]
+    properties["model"]["examples"] = [name for spec in registry.specs for name in spec.names]
+    for branch in properties["dimensions"].get("anyOf", []):
+        if branch.get("type") == "integer":
+            branch["maximum"] = min(registry.get(spec.id).dimension for spec in registry.specs)
+    app.openapi_schema = schema
+    return schema

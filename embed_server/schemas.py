@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, field_validator
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" admits 3.0, and some clients serialise ints that way.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _check_input(value: Any) -> Any:
     """Clear messages for what OpenAI rejects; pydantic's union errors would list every branch."""
+    if isinstance(value, list):
+        value = [[_integral(i) for i in item] if isinstance(item, list) else _integral(item) for item in value]
     if isinstance(value, str):
         if not value:
             raise ValueError("the input must not be an empty string")
@@ -36,6 +43,11 @@ def _check_input(value: Any) -> Any:
     return value
 
 
+Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
+TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
 def _is_token_id(item: Any) -> bool:
     return isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**31
 
@@ -44,7 +56,12 @@ class EmbeddingRequest(BaseModel):
     # Unknown fields are ignored, as OpenAI does; clients add their own.
     model_config = ConfigDict(extra="ignore")
 
-    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+    input: Union[
+        Text,
+        Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)],
+        Annotated[TokenIds, Field(max_length=MAX_INPUTS)],
+        Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)],
+    ] = Field(
         description="Text or token ids to embed: a string, up to 2048 strings, token ids, or arrays of token ids."
     )
     model: StrictStr = Field(min_length=1, description="A served model id or alias (GET /v1/models).")
@@ -56,6 +73,7 @@ class EmbeddingRequest(BaseModel):
     )
 
     _check = field_validator("input", mode="before")(lambda cls, value: _check_input(value))
+    _whole = field_validator("dimensions", mode="before")(lambda cls, value: _integral(value))
 
     @property
     def inputs(self) -> list[str] | list[list[int]]:

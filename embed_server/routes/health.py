@@ -25,6 +25,7 @@ async def ready(models: ModelRegistry = Depends(registry)) -> JSONResponse:
     return JSONResponse(body, status_code=200 if models.ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

