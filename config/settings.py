@@ -135,6 +135,6 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         raise FileNotFoundError(f"config file not found: {path}")
 
     class FileSettings(Settings):
-        model_config = SettingsConfigDict(**Settings.model_config, toml_file=path)
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
 
     return FileSettings(**overrides)

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make up` (set up, start the stack)  and  `make test`.
+# VENV may point outside the checkout (CI keeps it in a cache between runs).
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build; pick the build for your hardware (CUDA, ROCm) here.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+# Re-install when the dependencies or the checkout's location change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(shell echo $(CURDIR) | sha1sum | cut -c1-8)
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup up test bench
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+up: setup
+	$(VENV)/bin/embed-server
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/embeddings.py --quick
