@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -94,6 +94,35 @@ class Settings(BaseSettings):
     max_queued_texts: int = Field(default=8192, gt=0)
     retry_after_seconds: int = Field(default=2, ge=1)
     cache_size: int = Field(default=50_000, ge=0, description="Embeddings kept in memory; 0 turns the cache off.")
+
+    # The shared Chroma store (vector_bridge). The chromadb 1.x server has no auth of its own:
+    # beyond this host, put the token-checking proxy of deploy/ in front and set chroma_token.
+    chroma_host: str = "127.0.0.1"
+    chroma_port: int = Field(default=8000, ge=0, le=65535)
+    chroma_path: Path = Path("data/chroma")
+    chroma_ssl: bool = False
+    chroma_token: SecretStr | None = Field(default=None, description="Bearer token the proxy in front of Chroma checks.")
+
+    # Open WebUI, as the stack and the vector-bridge tools see it
+    openwebui_url: str = Field(default="http://127.0.0.1:3000",
+                               validation_alias=AliasChoices("OPENWEBUI_URL", "EMBED_OPENWEBUI_URL"))
+    openwebui_api_key: SecretStr | None = Field(default=None,
+                                                validation_alias=AliasChoices("OPENWEBUI_API_KEY", "EMBED_OPENWEBUI_API_KEY"))
+    openwebui_version: str = "0.12.4"
+    openwebui_data: Path = Path("data/open-webui")
+    openwebui_torch: str = Field(default="torch==2.13.0", description="Installed before Open WebUI into its "
+                                 "venv, so pip does not pick a CUDA build of torch.")
+    cache_dir: Path = Field(default=Path("~/.cache/openwebui-local-backend").expanduser(),
+                            description="Where `vector-bridge up --with-openwebui` keeps Open WebUI's venv.")
+    log_dir: Path = Path("data/logs")
+    public_url: str | None = Field(default=None, description="How Open WebUI reaches this server, e.g. "
+                                   "http://embed:8080; default http://<host>:<port>.")
+
+    @property
+    def embeddings_url(self) -> str:
+        """The /v1 base URL clients such as Open WebUI use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return (self.public_url or f"http://{host}:{self.port}").rstrip("/") + "/v1"
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -34,5 +34,7 @@ def configure_logging(level: str = "info", format: str = "json") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # Health polling would otherwise log a line per attempt.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Requests are logged by our middleware, with more fields.
     logging.getLogger("uvicorn.access").disabled = True

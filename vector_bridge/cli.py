@@ -1,0 +1,72 @@
+"""`vector-bridge`: run the stack and wire Open WebUI to it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import httpx
+
+from config import load_settings
+from embed_server.logs import configure_logging
+from vector_bridge.openwebui_env import PERSISTENT_CONFIG_NOTE, openwebui_environment, render_env_file
+from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
+from vector_bridge.stack import run_stack
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vector-bridge", description="Embeddings and the shared Chroma store for Open WebUI.")
+    parser.add_argument("--config", help="a TOML settings file (env EMBED_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start Chroma and the embeddings server, supervise them")
+    up.add_argument("--with-openwebui", action="store_true", help="also start a pre-wired Open WebUI (installed once)")
+
+    env = commands.add_parser("openwebui-env", help="print the environment block for Open WebUI")
+    env.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
+    env.add_argument("--json", action="store_true")
+
+    apply = commands.add_parser("openwebui-apply", help="switch a running Open WebUI to this stack, live")
+    apply.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
+    apply.add_argument("--token", help="admin API key or token (env OPENWEBUI_API_KEY)")
+    apply.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
+    apply.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level, settings.log_format)
+
+    if args.command == "up":
+        return run_stack(settings, config_file=args.config, with_openwebui=args.with_openwebui)
+
+    if args.command == "openwebui-env":
+        env = openwebui_environment(settings, args.model)
+        print(json.dumps(env, indent=2) if args.json else render_env_file(env), end="\n" if args.json else "")
+        return 0
+
+    if args.command == "openwebui-apply":
+        url = args.url or settings.openwebui_url
+        token = args.token or (settings.openwebui_api_key.get_secret_value() if settings.openwebui_api_key else None)
+        if not token:
+            print("vector-bridge: an admin token is needed (--token or OPENWEBUI_API_KEY)", file=sys.stderr)
+            return 2
+        try:
+            applied = OpenWebUIClient(url, token).apply_embedding_config(settings, args.model)
+        except (OpenWebUIError, httpx.HTTPError) as error:
+            print(f"vector-bridge: {error}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(applied, indent=2))
+        else:
+            print(f"Open WebUI at {url} now embeds with {applied['RAG_EMBEDDING_MODEL']} "
+                  f"via {applied['openai_config']['url']} (engine {applied['RAG_EMBEDDING_ENGINE']}).")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

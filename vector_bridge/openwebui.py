@@ -1,0 +1,99 @@
+"""A small client for Open WebUI's REST API: auth, Knowledge, files, retrieval, embedding config."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from config import Settings
+from vector_bridge.openwebui_env import embedding_update_body
+
+
+class OpenWebUIError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FileProcessingFailed(OpenWebUIError):
+    pass
+
+
+class OpenWebUIClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise OpenWebUIError(f"{method} {path}: {response.status_code} {detail}", response.status_code)
+        return response.json()
+
+    def _use_token(self, answer: dict) -> dict:
+        self.http.headers["Authorization"] = f"Bearer {answer['token']}"
+        return answer
+
+    # Accounts
+    def sign_up(self, name: str, email: str, password: str) -> dict:
+        """The first account on a fresh Open WebUI becomes its admin."""
+        return self._use_token(self._call("POST", "/api/v1/auths/signup",
+                                          json={"name": name, "email": email, "password": password}))
+
+    def sign_in(self, email: str, password: str) -> dict:
+        return self._use_token(self._call("POST", "/api/v1/auths/signin", json={"email": email, "password": password}))
+
+    # Knowledge and files
+    def create_knowledge(self, name: str, description: str = "") -> dict:
+        return self._call("POST", "/api/v1/knowledge/create", json={"name": name, "description": description})
+
+    def knowledge(self, knowledge_id: str) -> dict:
+        return self._call("GET", f"/api/v1/knowledge/{knowledge_id}")
+
+    def upload_file(self, path: Path) -> dict:
+        with path.open("rb") as file:
+            return self._call("POST", "/api/v1/files/", files={"file": (path.name, file)})
+
+    def wait_for_processing(self, file_id: str, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self._call("GET", f"/api/v1/files/{file_id}/process/status")
+            if status.get("status") == "completed":
+                return
+            if status.get("status") == "failed":
+                raise FileProcessingFailed(f"file {file_id}: {status.get('error', 'processing failed')}")
+            time.sleep(0.5)
+        raise OpenWebUIError(f"file {file_id} still processing after {timeout:.0f} s")
+
+    def add_file_to_knowledge(self, knowledge_id: str, file_id: str) -> dict:
+        return self._call("POST", f"/api/v1/knowledge/{knowledge_id}/file/add", json={"file_id": file_id})
+
+    # Retrieval
+    def query_collection(self, collection: str, query: str, k: int = 5) -> dict:
+        return self._call("POST", "/api/v1/retrieval/query/collection",
+                          json={"collection_names": [collection], "query": query, "k": k})
+
+    # Embedding configuration
+    def embedding_config(self) -> dict:
+        return self._call("GET", "/api/v1/retrieval/embedding")
+
+    def apply_embedding_config(self, settings: Settings, model: str | None = None) -> dict:
+        """Point a running Open WebUI at our embeddings server now, and read the result back."""
+        wanted = embedding_update_body(settings, model)
+        self._call("POST", "/api/v1/retrieval/embedding/update", json=wanted)
+        current = self.embedding_config()
+        mismatched = [key for key in ("RAG_EMBEDDING_ENGINE", "RAG_EMBEDDING_MODEL") if current.get(key) != wanted[key]]
+        if current.get("openai_config", {}).get("url") != wanted["openai_config"]["url"]:
+            mismatched.append("openai_config.url")
+        if mismatched:
+            raise OpenWebUIError(f"Open WebUI did not take: {', '.join(mismatched)}")
+        return current

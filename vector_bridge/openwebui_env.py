@@ -1,0 +1,60 @@
+"""The one place that knows Open WebUI's environment variable names for our stack."""
+
+from __future__ import annotations
+
+import textwrap
+
+from config import Settings
+
+PERSISTENT_CONFIG_NOTE = (
+    "Open WebUI saves RAG_* values in its database on its first start and ignores later changes "
+    "to them; set ENABLE_PERSISTENT_CONFIG=false to make this environment win on every start, "
+    "or switch a running instance with `vector-bridge openwebui-apply`."
+)
+
+
+def openwebui_environment(settings: Settings, model: str | None = None) -> dict[str, str]:
+    """Environment for Open WebUI: embeddings from our server, vectors in our Chroma store."""
+    spec = settings.models[0] if model is None else next(s for s in settings.models if model in s.names)
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    env = {
+        "RAG_EMBEDDING_ENGINE": "openai",
+        "RAG_OPENAI_API_BASE_URL": settings.embeddings_url,
+        # Open WebUI always sends a Bearer header; any value passes when the server has no keys.
+        "RAG_OPENAI_API_KEY": keys[0] if keys else "unused",
+        "RAG_EMBEDDING_MODEL": spec.id,
+        "VECTOR_DB": "chroma",
+        "CHROMA_HTTP_HOST": settings.chroma_host,
+        "CHROMA_HTTP_PORT": str(settings.chroma_port),
+        "CHROMA_HTTP_SSL": str(settings.chroma_ssl).lower(),
+    }
+    if settings.chroma_token is not None:
+        # Open WebUI splits this value on "," and "=": the token may contain neither.
+        env["CHROMA_HTTP_HEADERS"] = f"Authorization=Bearer {settings.chroma_token.get_secret_value()}"
+    if spec.query_prefix or spec.document_prefix:
+        # Sent as a body field, so the server applies the model's own prefixes.
+        env |= {
+            "RAG_EMBEDDING_PREFIX_FIELD_NAME": "input_type",
+            "RAG_EMBEDDING_QUERY_PREFIX": "query",
+            "RAG_EMBEDDING_CONTENT_PREFIX": "document",
+        }
+    return env
+
+
+def render_env_file(env: dict[str, str]) -> str:
+    lines = [f"# {line}" for line in textwrap.wrap(PERSISTENT_CONFIG_NOTE, 96)]
+    lines += [f"{name}={value}" for name, value in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def embedding_update_body(settings: Settings, model: str | None = None) -> dict:
+    """Body of Open WebUI's admin POST /api/v1/retrieval/embedding/update, from the same facts."""
+    env = openwebui_environment(settings, model)
+    return {
+        "RAG_EMBEDDING_ENGINE": env["RAG_EMBEDDING_ENGINE"],
+        "RAG_EMBEDDING_MODEL": env["RAG_EMBEDDING_MODEL"],
+        "RAG_EMBEDDING_BATCH_SIZE": 1,
+        "ENABLE_ASYNC_EMBEDDING": True,
+        "RAG_EMBEDDING_CONCURRENT_REQUESTS": 0,
+        "openai_config": {"url": env["RAG_OPENAI_API_BASE_URL"], "key": env["RAG_OPENAI_API_KEY"]},
+    }

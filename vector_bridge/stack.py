@@ -1,0 +1,195 @@
+"""`vector-bridge up`: start Chroma, the embeddings server and optionally Open WebUI; supervise them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from config import Settings
+from vector_bridge.openwebui_env import openwebui_environment
+
+log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    ready_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 180
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+
+    def spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as output:
+            # A new session: Ctrl-C in the terminal reaches us, and we stop children in order.
+            self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, stdout=output,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise StackError(f"{self.name} exited with code {self.process and self.process.returncode}; "
+                                 f"see {self.log_path}")
+            try:
+                if httpx.get(self.ready_url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise StackError(f"{self.name} not ready after {self.ready_timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _venv_binary(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def chroma_service(settings: Settings) -> Service:
+    settings.chroma_path.mkdir(parents=True, exist_ok=True)
+    base = f"http://{settings.chroma_host}:{settings.chroma_port}"
+    return Service(
+        "chroma",
+        [_venv_binary("chroma"), "run", "--path", str(settings.chroma_path),
+         "--host", settings.chroma_host, "--port", str(settings.chroma_port)],
+        f"{base}/api/v2/heartbeat", settings.log_dir / "chroma.log",
+    )
+
+
+def embed_service(settings: Settings, config_file: str | None) -> Service:
+    command = [sys.executable, "-m", "embed_server.cli", "--host", settings.host, "--port", str(settings.port)]
+    if config_file:
+        command += ["--config", config_file]
+    return Service("embeddings", command, settings.embeddings_url.removesuffix("/v1") + "/ready",
+                   settings.log_dir / "embed-server.log")
+
+
+def openwebui_venv(settings: Settings) -> Path:
+    """Open WebUI's own venv, installed once per version in the cache (about 3 GB)."""
+    venv = settings.cache_dir / f"open-webui-{settings.openwebui_version}"
+    complete = venv / ".install-complete"  # an interrupted install is redone, never used
+    if complete.exists():
+        return venv
+    log.info("installing Open WebUI (once, a few minutes)", extra={"venv": str(venv)})
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, settings.openwebui_torch], check=True)
+    subprocess.run([*pip, f"open-webui=={settings.openwebui_version}"], check=True)
+    complete.touch()
+    return venv
+
+
+def openwebui_service(settings: Settings) -> Service:
+    venv = openwebui_venv(settings)
+    data = settings.openwebui_data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    secret_file = data / ".webui_secret_key"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(32))
+        secret_file.chmod(0o600)
+    address = urlsplit(settings.openwebui_url)
+    env = openwebui_environment(settings) | {
+        "DATA_DIR": str(data),
+        "WEBUI_SECRET_KEY": secret_file.read_text().strip(),
+        # No outbound calls: no hub downloads, no version check, no model lists from remote APIs.
+        "OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1",
+        "ENABLE_OLLAMA_API": "false", "ENABLE_OPENAI_API": "false",
+    }
+    return Service(
+        "open-webui",
+        [str(venv / "bin" / "open-webui"), "serve", "--host", address.hostname or "127.0.0.1",
+         "--port", str(address.port or 8080)],
+        f"{settings.openwebui_url.rstrip('/')}/health", settings.log_dir / "open-webui.log", env=env,
+        ready_timeout=300,
+    )
+
+
+class Supervisor:
+    """Starts services in order, restarts any that exits, stops them in reverse order."""
+
+    def __init__(self, services: list[Service], poll_seconds: float = 1.0) -> None:
+        self.services = services
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        for service in self.services:
+            service.spawn()
+            service.wait_ready()
+            log.info("ready", extra={"service": service.name, "url": service.ready_url, "log": str(service.log_path)})
+
+    def supervise(self) -> None:
+        while not self.stopping.wait(self.poll_seconds):
+            for service in self.services:
+                if service.process is not None and service.process.poll() is not None and not self.stopping.is_set():
+                    service.restarts += 1
+                    log.warning("exited; restarting", extra={"service": service.name,
+                                                            "code": service.process.returncode,
+                                                            "restarts": service.restarts})
+                    service.spawn()
+                    try:
+                        service.wait_ready()
+                        log.info("ready again", extra={"service": service.name})
+                    except StackError as error:
+                        log.error("restart failed", extra={"service": service.name, "error": str(error)})
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for service in reversed(self.services):
+            service.stop()
+            log.info("stopped", extra={"service": service.name})
+
+
+def run_stack(settings: Settings, *, config_file: str | None = None, with_openwebui: bool = False) -> int:
+    services = [chroma_service(settings), embed_service(settings, config_file)]
+    if with_openwebui:
+        services.append(openwebui_service(settings))
+    supervisor = Supervisor(services)
+
+    def request_stop(signum: int, frame: object) -> None:
+        supervisor.stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        supervisor.start()
+        print(f"Chroma store      http://{settings.chroma_host}:{settings.chroma_port}", flush=True)
+        print(f"Embeddings API    {settings.embeddings_url}", flush=True)
+        if with_openwebui:
+            print(f"Open WebUI        {settings.openwebui_url}", flush=True)
+        print(f"Logs              {settings.log_dir}/   (Ctrl-C stops everything)", flush=True)
+        supervisor.supervise()
+        return 0
+    except StackError as error:
+        log.error("stack failed to start", extra={"error": str(error)})
+        return 1
+    finally:
+        supervisor.stop()
