@@ -34,6 +34,7 @@ class Service:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 180
+    ready_statuses: tuple[int, ...] = (200,)
     process: subprocess.Popen | None = None
     restarts: int = 0
 
@@ -51,7 +52,7 @@ class Service:
                 raise StackError(f"{self.name} exited with code {self.process and self.process.returncode}; "
                                  f"see {self.log_path}")
             try:
-                if httpx.get(self.ready_url, timeout=2).status_code == 200:
+                if httpx.get(self.ready_url, timeout=2).status_code in self.ready_statuses:
                     return
             except httpx.HTTPError:
                 pass

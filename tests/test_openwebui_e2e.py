@@ -1,0 +1,141 @@
+"""Real Open WebUI, pointed at our stack with the printed environment: a Knowledge upload lands in our store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import chromadb
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ARTIFACTS, MODEL
+from tests.stack import Stack, build_stack, nginx_available
+from vector_bridge.openwebui import OpenWebUIClient
+
+pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
+              pytest.mark.skipif(not nginx_available(), reason="nginx is installed by .ci/run")]
+
+DOCUMENTS = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "documents"
+FILES = {
+    "developers-reference.pdf": DOCUMENTS / "pdf" / "developers-reference.pdf",  # 114 pages
+    "markitdown_test.docx": DOCUMENTS / "docx" / "markitdown_test.docx",
+    "markitdown_README.md": DOCUMENTS / "markdown" / "markitdown_README.md",
+    "ko_react_thinking-in-react.md": DOCUMENTS / "markdown" / "ko_react_thinking-in-react.md",
+}
+QUESTIONS = {
+    "How do I become a Debian developer and upload packages to the archive?": "developers-reference.pdf",
+    "MarkItDown converts files such as PDF, PowerPoint and Word to Markdown for LLMs": "markitdown_README.md",
+}
+ADMIN = {"name": "Admin", "email": "admin@example.com", "password": "a-long-test-password"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = build_stack(tmp_path_factory.mktemp("stack"), with_openwebui=True)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        logs = ARTIFACTS / "logs" / "openwebui-e2e"
+        logs.mkdir(parents=True, exist_ok=True)
+        for log in (running.root / "logs").glob("*.log"):
+            (logs / log.name).write_bytes(log.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def uploaded(stack: Stack) -> dict:
+    """Sign up, create a Knowledge base, upload and add the files: what a user does in the UI."""
+    webui = OpenWebUIClient(stack.settings.openwebui_url)
+    webui.sign_up(**ADMIN)
+    knowledge = webui.create_knowledge("Team documents", "Files uploaded in the end-to-end test")
+    file_ids = {}
+    for name, path in FILES.items():
+        file_ids[name] = webui.upload_file(path)["id"]
+    for name, file_id in file_ids.items():
+        webui.wait_for_processing(file_id)
+        webui.add_file_to_knowledge(knowledge["id"], file_id)
+    return {"webui": webui, "knowledge": knowledge["id"], "files": file_ids}
+
+
+def chroma(stack: Stack) -> chromadb.HttpClient:
+    address = urlsplit(stack.chroma_url)
+    return chromadb.HttpClient(host=address.hostname, port=address.port)
+
+
+def our_embeddings(stack: Stack, texts: list[str]) -> np.ndarray:
+    url = stack.settings.embeddings_url
+    vectors = []
+    for start in range(0, len(texts), 256):
+        response = httpx.post(f"{url}/embeddings", json={"input": texts[start:start + 256], "model": MODEL}, timeout=300)
+        response.raise_for_status()
+        vectors += [item["embedding"] for item in response.json()["data"]]
+    return np.array(vectors, dtype=np.float32)
+
+
+def test_the_proxy_refuses_requests_without_the_token(stack: Stack) -> None:
+    proxy = f"http://{stack.settings.chroma_host}:{stack.settings.chroma_port}"
+    assert httpx.get(f"{proxy}/api/v2/heartbeat").status_code == 401
+    assert httpx.get(f"{proxy}/api/v2/heartbeat", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    token = stack.settings.chroma_token.get_secret_value()
+    assert httpx.get(f"{proxy}/api/v2/heartbeat", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_chunks_land_in_our_chroma_with_our_dimension(stack: Stack, uploaded: dict) -> None:
+    names = {collection.name for collection in chroma(stack).list_collections()}
+    expected = {uploaded["knowledge"], *(f"file-{file_id}" for file_id in uploaded["files"].values())}
+    assert expected <= names
+    knowledge = chroma(stack).get_collection(uploaded["knowledge"])
+    stored = knowledge.get(include=["embeddings", "metadatas"])
+    assert {m["name"] for m in stored["metadatas"]} == set(FILES)
+    assert np.array(stored["embeddings"]).shape[1] == 384
+    assert all(MODEL in m["embedding_config"] for m in stored["metadatas"])
+    for name, file_id in uploaded["files"].items():
+        assert chroma(stack).get_collection(f"file-{file_id}").count() > 0, name
+    # Nothing went to Open WebUI's own local vector store.
+    local = stack.settings.openwebui_data / "vector_db"
+    assert not local.exists() or not any(local.rglob("*.sqlite3"))
+
+
+def test_each_stored_vector_is_what_our_server_returns(stack: Stack, uploaded: dict) -> None:
+    stored = chroma(stack).get_collection(uploaded["knowledge"]).get(include=["embeddings", "documents"])
+    # Open WebUI embeds chunks with newlines replaced by spaces; Chroma keeps the original text.
+    texts = [document.replace("\n", " ") for document in stored["documents"]]
+    ours = our_embeddings(stack, texts)
+    theirs = np.array(stored["embeddings"], dtype=np.float32)
+    cosines = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    assert len(cosines) > 300
+    assert cosines.min() >= 0.999
+
+
+def test_our_metrics_show_open_webui_requests(stack: Stack, uploaded: dict) -> None:
+    metrics = httpx.get(stack.settings.embeddings_url.removesuffix("/v1") + "/metrics").text
+    by_status = {}
+    for line in metrics.splitlines():
+        if line.startswith("embed_requests_total{") and 'client="aiohttp"' in line and "/v1/embeddings" in line:
+            status = line.split('status="')[1].split('"')[0]
+            by_status[status] = float(line.split()[-1])
+    # Open WebUI's embedding client is aiohttp; every one of its requests succeeded.
+    assert by_status.get("200", 0) > 300
+    assert set(by_status) == {"200"}
+
+
+def ask(uploaded: dict, question: str) -> list[str]:
+    result = uploaded["webui"].query_collection(uploaded["knowledge"], question, k=3)
+    return [metadata["name"] for metadata in result["metadatas"][0]]
+
+
+@pytest.mark.parametrize("question", list(QUESTIONS))
+def test_retrieval_through_open_webui_finds_the_right_document(uploaded: dict, question: str) -> None:
+    assert ask(uploaded, question)[0] == QUESTIONS[question]
+
+
+def test_everything_survives_a_restart_of_chroma_and_our_server(stack: Stack, uploaded: dict) -> None:
+    before = chroma(stack).get_collection(uploaded["knowledge"]).count()
+    stack.restart(stack.chroma, stack.embed)
+    assert chroma(stack).get_collection(uploaded["knowledge"]).count() == before
+    for question, name in QUESTIONS.items():
+        assert ask(uploaded, question)[0] == name
