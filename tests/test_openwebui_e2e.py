@@ -139,3 +139,35 @@ def test_everything_survives_a_restart_of_chroma_and_our_server(stack: Stack, up
     assert chroma(stack).get_collection(uploaded["knowledge"]).count() == before
     for question, name in QUESTIONS.items():
         assert ask(uploaded, question)[0] == name
+
+
+def test_a_browser_sees_the_files_in_the_knowledge_base(stack: Stack, uploaded: dict) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    if chromium is None:
+        pytest.skip("Debian's chromium is installed by .ci/run")
+    base = stack.settings.openwebui_url
+    screenshot = ARTIFACTS / "knowledge-base.png"
+    with playwright.sync_playwright() as driver:
+        # Flags that keep Chromium from calling out: this machine has no internet.
+        browser = driver.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{base}/auth")
+            page.fill("input[type=email]", ADMIN["email"])
+            page.fill("input[type=password]", ADMIN["password"])
+            page.keyboard.press("Enter")
+            page.wait_for_url(lambda url: "/auth" not in url, timeout=60_000)
+            page.goto(f"{base}/workspace/knowledge/{uploaded['knowledge']}")
+            for name in FILES:
+                page.get_by_text(name, exact=False).first.wait_for(timeout=60_000)
+            release_notes = page.get_by_text("Okay, Let's Go!")
+            if release_notes.count():
+                release_notes.first.click()
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 10_000

@@ -12,7 +12,7 @@ from config import load_settings
 from embed_server.logs import configure_logging
 from vector_bridge.openwebui_env import PERSISTENT_CONFIG_NOTE, openwebui_environment, render_env_file
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
-from vector_bridge.stack import run_stack
+from vector_bridge.stack import openwebui_venv, run_stack
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start Chroma and the embeddings server, supervise them")
     up.add_argument("--with-openwebui", action="store_true", help="also start a pre-wired Open WebUI (installed once)")
+
+    commands.add_parser("install-openwebui", help="install Open WebUI into its cached venv (once per version)")
 
     env = commands.add_parser("openwebui-env", help="print the environment block for Open WebUI")
     env.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "up":
         return run_stack(settings, config_file=args.config, with_openwebui=args.with_openwebui)
+
+    if args.command == "install-openwebui":
+        print(openwebui_venv(settings))
+        return 0
 
     if args.command == "openwebui-env":
         env = openwebui_environment(settings, args.model)
