@@ -1,0 +1,93 @@
+"""`vector-bridge` commands that need no running services, and `up` with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from config import load_settings
+from tests.servers import REPO, free_port
+from vector_bridge.openwebui_env import openwebui_environment, render_env_file
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_") and not k.startswith("OPENWEBUI_")}
+    return subprocess.run([sys.executable, "-m", "vector_bridge.cli", *args], capture_output=True, text=True,
+                          env={**clean, **env}, cwd=REPO, timeout=120)
+
+
+def test_env_example_is_what_the_command_prints() -> None:
+    printed = run_cli("openwebui-env").stdout
+    assert (REPO / "config" / "openwebui.env.example").read_text() == printed
+    assert printed == render_env_file(openwebui_environment(load_settings()))
+    assert "ENABLE_PERSISTENT_CONFIG=false" in printed  # the pitfall is explained where users copy from
+
+
+def test_env_follows_the_settings() -> None:
+    env = json.loads(run_cli("openwebui-env", "--json", EMBED_PORT="9001", EMBED_API_KEYS="k1,k2",
+                             EMBED_CHROMA_PORT="9002", EMBED_CHROMA_TOKEN="tok").stdout)
+    assert env["RAG_OPENAI_API_BASE_URL"] == "http://127.0.0.1:9001/v1"
+    assert env["RAG_OPENAI_API_KEY"] == "k1"
+    assert env["CHROMA_HTTP_PORT"] == "9002"
+    assert env["CHROMA_HTTP_HEADERS"] == "Authorization=Bearer tok"
+    assert env["RAG_EMBEDDING_ENGINE"] == "openai" and env["VECTOR_DB"] == "chroma"
+
+
+def test_models_with_prefixes_make_open_webui_send_input_type(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\nid = "e5"\nsource = "x"\nquery_prefix = "query: "\ndocument_prefix = "passage: "\n')
+    env = openwebui_environment(load_settings(models_file=models))
+    assert env["RAG_EMBEDDING_PREFIX_FIELD_NAME"] == "input_type"
+    assert (env["RAG_EMBEDDING_QUERY_PREFIX"], env["RAG_EMBEDDING_CONTENT_PREFIX"]) == ("query", "document")
+
+
+def test_apply_without_a_token_is_a_clear_error() -> None:
+    result = run_cli("openwebui-apply", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "admin token" in result.stderr
+
+
+@pytest.mark.slow
+def test_up_starts_supervises_and_stops_the_stack(tmp_path: Path) -> None:
+    env = {"EMBED_PORT": str(free_port()), "EMBED_CHROMA_PORT": str(free_port()),
+           "EMBED_CHROMA_PATH": str(tmp_path / "chroma"), "EMBED_LOG_DIR": str(tmp_path / "logs"),
+           "HF_HUB_OFFLINE": "1"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
+    stack = subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "up"], env={**clean, **env}, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [stack.stdout.readline() for _ in range(3)]
+        assert any(f"127.0.0.1:{env['EMBED_PORT']}/v1" in line for line in lines), lines
+        embed = f"http://127.0.0.1:{env['EMBED_PORT']}"
+        chroma = f"http://127.0.0.1:{env['EMBED_CHROMA_PORT']}"
+        assert httpx.post(f"{embed}/v1/embeddings", json={"input": "x", "model": "all-MiniLM-L6-v2"}).status_code == 200
+        # A crashed child is restarted.
+        first_pid = int(subprocess.run(["pgrep", "-f", f"chroma run --path {env['EMBED_CHROMA_PATH']}"],
+                                       capture_output=True, text=True).stdout.split()[0])
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{chroma}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert httpx.get(f"{chroma}/api/v2/heartbeat").status_code == 200
+        # Ctrl-C stops both children.
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=60) == 0
+        stderr = stack.stderr.read()
+        assert '"exited; restarting"' in stderr and '"service": "chroma"' in stderr
+        for url in (f"{embed}/health", f"{chroma}/api/v2/heartbeat"):
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(url, timeout=2)
+    finally:
+        if stack.poll() is None:
+            stack.kill()
