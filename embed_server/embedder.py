@@ -12,7 +12,7 @@ from config import ModelSpec
 from embed_server.backends import EmbeddingBackend
 from embed_server.batcher import LengthSortedBatcher
 from embed_server.cache import CachedEmbedding, EmbeddingCache
-from embed_server.errors import InputTooLong
+from embed_server.errors import InputTooLong, QueueFull
 from embed_server.metrics import Metrics
 from embed_server.token_ids import decode_cl100k
 
@@ -103,6 +103,9 @@ class Embedder:
     async def _encode(self, ids: list[list[int]]) -> np.ndarray:
         try:
             return await self.batcher.embed(ids)
+        except QueueFull:
+            self.metrics.queue_rejections.labels(self.spec.id).inc()
+            raise
         finally:
             self.metrics.queue_depth.labels(self.spec.id).set(self.batcher.depth)
 

@@ -184,6 +184,9 @@ def test_full_queue_is_a_429_with_retry_after(small_queue_server: str) -> None:
     assert limited.headers["Retry-After"] == "3"
     with httpx.Client(base_url=small_queue_server) as client:
         assert_healthy(client)
+        metrics = client.get("/metrics").text
+    rejected = next(l for l in metrics.splitlines() if l.startswith("embed_queue_rejections_total{"))
+    assert float(rejected.split()[-1]) == statuses.count(429)
 
 
 def test_a_request_larger_than_the_queue_is_refused(small_queue_server: str) -> None:

@@ -20,13 +20,14 @@ pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
 
 DOCUMENTS = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "documents"
 FILES = {
-    "developers-reference.pdf": DOCUMENTS / "pdf" / "developers-reference.pdf",  # 114 pages
+    # 261 pages: Open WebUI fires ~850 one-text requests at once, twice; none may be refused.
+    "debian-reference.en.pdf": DOCUMENTS / "pdf" / "debian-reference.en.pdf",
     "markitdown_test.docx": DOCUMENTS / "docx" / "markitdown_test.docx",
     "markitdown_README.md": DOCUMENTS / "markdown" / "markitdown_README.md",
     "ko_react_thinking-in-react.md": DOCUMENTS / "markdown" / "ko_react_thinking-in-react.md",
 }
 QUESTIONS = {
-    "How do I become a Debian developer and upload packages to the archive?": "developers-reference.pdf",
+    "How do I set up a network interface with a static IP address on Debian?": "debian-reference.en.pdf",
     "MarkItDown converts files such as PDF, PowerPoint and Word to Markdown for LLMs": "markitdown_README.md",
 }
 ADMIN = {"name": "Admin", "email": "admin@example.com", "password": "a-long-test-password"}
@@ -107,7 +108,7 @@ def test_each_stored_vector_is_what_our_server_returns(stack: Stack, uploaded: d
     ours = our_embeddings(stack, texts)
     theirs = np.array(stored["embeddings"], dtype=np.float32)
     cosines = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
-    assert len(cosines) > 300
+    assert len(cosines) > 800
     assert cosines.min() >= 0.999
 
 
@@ -119,7 +120,7 @@ def test_our_metrics_show_open_webui_requests(stack: Stack, uploaded: dict) -> N
             status = line.split('status="')[1].split('"')[0]
             by_status[status] = float(line.split()[-1])
     # Open WebUI's embedding client is aiohttp; every one of its requests succeeded.
-    assert by_status.get("200", 0) > 300
+    assert by_status.get("200", 0) > 1600
     assert set(by_status) == {"200"}
 
 
