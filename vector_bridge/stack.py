@@ -43,7 +43,8 @@ class Service:
         with self.log_path.open("ab") as output:
             # A new session: Ctrl-C in the terminal reaches us, and we stop children in order.
             self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, stdout=output,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -68,6 +69,15 @@ class Service:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor itself is killed, instead of living on as orphans."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _venv_binary(name: str) -> str:
