@@ -33,12 +33,26 @@ class ModelSpec(BaseModel):
 
     id: str = Field(min_length=1)
     aliases: list[str] = []
-    source: str = Field(min_length=1)
+    kind: Literal["transformer", "hybrid"] = "transformer"
+    source: str | None = Field(default=None, min_length=1, description="transformer: where the weights are")
     pooling: Literal["mean", "cls", "last"] | None = None
     normalize: bool | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     query_prefix: str = ""
     document_prefix: str = ""
+    # Hybrid models: a served transformer model's dense vector + a hashed lexical vector.
+    dense: str | None = Field(default=None, description="hybrid: id of the served dense model")
+    lexical_dim: int = Field(default=4096, gt=0)
+    query_dense_weight: float = Field(default=0.35, ge=0, le=1, description="dense share of a Latin-script query")
+    query_dense_weight_cjk: float = Field(default=0.05, ge=0, le=1, description="dense share of a CJK query")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ModelSpec":
+        if self.kind == "transformer" and not self.source:
+            raise ValueError(f"model {self.id!r}: a transformer model needs a source")
+        if self.kind == "hybrid" and not self.dense:
+            raise ValueError(f"model {self.id!r}: a hybrid model needs the id of its dense model")
+        return self
 
     @property
     def names(self) -> list[str]:
@@ -115,6 +129,8 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default=Path("~/.cache/openwebui-local-backend").expanduser(),
                             description="Where `vector-bridge up --with-openwebui` keeps Open WebUI's venv.")
     log_dir: Path = Path("data/logs")
+    state_dir: Path = Field(default=Path("data/embed"), description="What the embeddings server keeps "
+                            "between restarts (the hybrid models' document frequencies).")
     public_url: str | None = Field(default=None, description="How Open WebUI reaches this server, e.g. "
                                    "http://embed:8080; default http://<host>:<port>.")
 
@@ -137,6 +153,10 @@ class Settings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"model names used twice: {', '.join(duplicates)}")
+        transformers = {spec.id for spec in self.models if spec.kind == "transformer"}
+        for spec in self.models:
+            if spec.kind == "hybrid" and spec.dense not in transformers:
+                raise ValueError(f"hybrid model {spec.id!r}: its dense model {spec.dense!r} is not a served transformer model")
         return self
 
     @classmethod

@@ -8,13 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from config import ModelSpec, Settings
 from embed_server.backends import TransformerBackend
+from embed_server.backends.lexical import DocumentFrequencies
 from embed_server.batcher import LengthSortedBatcher
 from embed_server.cache import EmbeddingCache
 from embed_server.embedder import Embedder
 from embed_server.errors import ModelNotFound, NotReady
+from embed_server.hybrid import HybridEmbedder
 from embed_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 class ModelRegistry:
@@ -25,7 +31,8 @@ class ModelRegistry:
         # One inference thread for all models: they share the same cores, and torch
         # parallelises each forward pass itself (settings.threads).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._embedders: dict[str, Embedder] = {}
+        self._embedders: dict[str, Embedder | HybridEmbedder] = {}
+        self._hybrids: list[DocumentFrequencies] = []
         self.load_error: str | None = None
         self.ready = False
 
@@ -33,10 +40,14 @@ class ModelRegistry:
         """Load every model, then start its batcher. Failures are kept for /ready and /health."""
         try:
             for spec in self.specs:
-                backend = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, TransformerBackend, spec, self.settings.threads
-                )
-                self._add(spec, backend)
+                if spec.kind == "transformer":
+                    backend = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, TransformerBackend, spec, self.settings.threads
+                    )
+                    self._add(spec, backend)
+            for spec in self.specs:
+                if spec.kind == "hybrid":
+                    self._add_hybrid(spec)
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model loading failed", extra={"error": self.load_error})
@@ -63,7 +74,17 @@ class ModelRegistry:
         for name in spec.names:
             self._embedders[name] = embedder
 
-    def get(self, name: str) -> Embedder:
+    def _add_hybrid(self, spec: ModelSpec) -> None:
+        dense = self._embedders[spec.dense]  # a transformer model: checked by the settings
+        frequencies = DocumentFrequencies(
+            spec.lexical_dim, self.settings.state_dir / f"document-frequencies-{_file_safe(spec.id)}.npz"
+        )
+        self._hybrids.append(frequencies)
+        embedder = HybridEmbedder(spec, dense, frequencies)
+        for name in spec.names:
+            self._embedders[name] = embedder
+
+    def get(self, name: str) -> Embedder | HybridEmbedder:
         spec = self.find_spec(name)
         embedder = self._embedders.get(name)
         if embedder is None and self.load_error:
@@ -79,6 +100,9 @@ class ModelRegistry:
         raise ModelNotFound(f"The model '{name}' does not exist. Served models: {', '.join(s.id for s in self.specs)}.", param="model")
 
     async def close(self) -> None:
+        for frequencies in self._hybrids:
+            frequencies.save()
         for embedder in set(self._embedders.values()):
-            await embedder.batcher.stop()
+            if isinstance(embedder, Embedder):
+                await embedder.batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -31,8 +31,8 @@ def openwebui_environment(settings: Settings, model: str | None = None) -> dict[
     if settings.chroma_token is not None:
         # Open WebUI splits this value on "," and "=": the token may contain neither.
         env["CHROMA_HTTP_HEADERS"] = f"Authorization=Bearer {settings.chroma_token.get_secret_value()}"
-    if spec.query_prefix or spec.document_prefix:
-        # Sent as a body field, so the server applies the model's own prefixes.
+    if spec.kind == "hybrid" or spec.query_prefix or spec.document_prefix:
+        # Sent as a body field: the server applies the model's prefixes or query weights.
         env |= {
             "RAG_EMBEDDING_PREFIX_FIELD_NAME": "input_type",
             "RAG_EMBEDDING_QUERY_PREFIX": "query",

@@ -1,0 +1,166 @@
+"""Retrieval quality of served models, with vectors fetched through our HTTP API as Open WebUI stores them.
+
+Documents are embedded with ``input_type: document`` and queries with ``input_type: query``; each
+query is then searched by exact cosine over all documents and through a real Chroma server (cosine
+HNSW, as Open WebUI's collections are). Prints nDCG@10 and recall@100 per data set and model, with
+the vector size and the documents embedded per second.
+
+    python bench/retrieval.py --data ../shared/eval/scifact --model all-MiniLM-L6-v2 \
+        --model all-MiniLM-L6-v2-hybrid [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import chroma_server, embed_server  # noqa: E402
+
+REQUEST_TEXTS = 32
+CONCURRENT_REQUESTS = 4
+
+
+@dataclass
+class DataSet:
+    name: str
+    doc_ids: list[str]
+    docs: list[str]
+    query_ids: list[str]
+    queries: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load(folder: Path, max_queries: int | None) -> DataSet:
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
+    qrels: dict[str, dict[str, int]] = {}
+    for line in list((folder / "qrels" / "test.tsv").open())[1:]:
+        query, doc, score = line.rstrip("\n").split("\t")
+        if int(score) > 0:
+            qrels.setdefault(query, {})[doc] = int(score)
+    queries = [q for q in map(json.loads, (folder / "queries.jsonl").open()) if q["_id"] in qrels][:max_queries]
+    return DataSet(
+        folder.name,
+        [c["_id"] for c in corpus], [f"{c.get('title', '')} {c['text']}".strip() for c in corpus],
+        [q["_id"] for q in queries], [q["text"] for q in queries], qrels,
+    )
+
+
+async def embed_all(url: str, model: str, texts: list[str], input_type: str) -> np.ndarray:
+    """Vectors for all texts, a few requests in flight, as a client like Open WebUI would fetch them."""
+    out: list[np.ndarray | None] = [None] * math.ceil(len(texts) / REQUEST_TEXTS)
+    gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        async def one(index: int) -> None:
+            chunk = texts[index * REQUEST_TEXTS:(index + 1) * REQUEST_TEXTS]
+            async with gate:
+                response = await client.post("/v1/embeddings", json={"model": model, "input": chunk,
+                                                                      "input_type": input_type})
+            response.raise_for_status()
+            out[index] = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+
+        await asyncio.gather(*(one(i) for i in range(len(out))))
+    return np.vstack(out)  # type: ignore[arg-type]
+
+
+def metrics(rankings: list[list[int]], data: DataSet) -> tuple[float, float]:
+    ndcg, recall = 0.0, 0.0
+    for query_id, ranked in zip(data.query_ids, rankings):
+        relevant = data.qrels[query_id]
+        gains = [relevant.get(data.doc_ids[i], 0) for i in ranked]
+        dcg = sum(g / math.log2(k + 2) for k, g in enumerate(gains[:10]))
+        ideal = sum(g / math.log2(k + 2) for k, g in enumerate(sorted(relevant.values(), reverse=True)[:10]))
+        ndcg += dcg / ideal
+        recall += sum(1 for i in ranked[:100] if data.doc_ids[i] in relevant) / len(relevant)
+    return ndcg / len(rankings), recall / len(rankings)
+
+
+def exact_rankings(queries: np.ndarray, docs: np.ndarray, k: int = 100) -> list[list[int]]:
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    d = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    rankings = []
+    for start in range(0, len(q), 512):
+        scores = q[start:start + 512] @ d.T
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        for row, candidates in zip(scores, top):
+            rankings.append(candidates[np.argsort(-row[candidates])].tolist())
+    return rankings
+
+
+def chroma_rankings(address: tuple[str, int], name: str, queries: np.ndarray, docs: np.ndarray) -> list[list[int]]:
+    import chromadb
+
+    client = chromadb.HttpClient(host=address[0], port=address[1])
+    collection = client.create_collection(name, metadata={"hnsw:space": "cosine"})  # as Open WebUI does
+    for start in range(0, len(docs), 1000):
+        collection.add(ids=[str(i) for i in range(start, min(start + 1000, len(docs)))],
+                       embeddings=docs[start:start + 1000])
+    rankings = []
+    for start in range(0, len(queries), 100):
+        found = collection.query(query_embeddings=queries[start:start + 100], n_results=min(100, len(docs)),
+                                 include=[])
+        rankings += [[int(i) for i in ids] for ids in found["ids"]]
+    client.delete_collection(name)
+    return rankings
+
+
+def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str) -> dict:
+    started = time.perf_counter()
+    docs = asyncio.run(embed_all(url, model, data.docs, "document"))
+    docs_per_s = len(data.docs) / (time.perf_counter() - started)
+    queries = asyncio.run(embed_all(url, model, data.queries, "query"))
+    ndcg, recall = metrics(exact_rankings(queries, docs), data)
+    result = {"data": data.name, "model": model, "ndcg@10": round(ndcg, 4), "recall@100": round(recall, 4),
+              "dim": int(docs.shape[1]), "docs_per_s": round(docs_per_s, 1), "queries": len(data.queries)}
+    if chroma is not None:
+        c_ndcg, c_recall = metrics(chroma_rankings(chroma, f"bench-{abs(hash(model)) % 10**8}", queries, docs), data)
+        result |= {"chroma_ndcg@10": round(c_ndcg, 4), "chroma_recall@100": round(c_recall, 4)}
+    return result
+
+
+def print_table(results: list[dict]) -> None:
+    print("| data | model | nDCG@10 | recall@100 | nDCG@10 (Chroma) | recall@100 (Chroma) | dim | docs/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['data']} | {r['model']} | {r['ndcg@10']:.3f} | {r['recall@100']:.3f} | "
+              f"{r.get('chroma_ndcg@10', float('nan')):.3f} | {r.get('chroma_recall@100', float('nan')):.3f} | "
+              f"{r['dim']} | {r['docs_per_s']:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, action="append", required=True, help="a BEIR-layout folder")
+    parser.add_argument("--model", action="append", required=True, help="a served model id")
+    parser.add_argument("--url", help="a running server (default: start one per data set, with fresh state)")
+    parser.add_argument("--max-queries", type=int, help="use only the first N test queries")
+    parser.add_argument("--no-chroma", action="store_true", help="exact cosine only")
+    parser.add_argument("--json", action="store_true", help="print one JSON line last")
+    args = parser.parse_args()
+
+    results = []
+    with (nullcontext(None) if args.no_chroma else chroma_server()) as chroma:
+        for folder in args.data:
+            data = load(folder, args.max_queries)
+            # A fresh server per data set: the hybrid models learn IDF from the documents they embed.
+            # No cache: documents/s must count real forward passes, not repeats across models.
+            with (nullcontext(args.url) if args.url else embed_server(EMBED_CACHE_SIZE="0")) as url:
+                for model in args.model:
+                    results.append(evaluate(url, chroma, data, model))
+                    print(f"# {results[-1]}", file=sys.stderr, flush=True)
+    print_table(results)
+    if args.json:
+        print(json.dumps({"results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Hashed lexical vectors: word tokens for Latin scripts, character bigrams for Hangul, Han and kana.
+
+Every feature goes to a fixed slot (and sign) by an unkeyed BLAKE2b hash, so a text gets the same
+vector in every process and after every restart: Python's own ``hash`` is salted per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+_CJK = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff"
+_TOKEN = re.compile(f"[{_CJK}]+|[^\\W_]+")
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_PLURALS = (("ies", "y"), ("es", ""), ("s", ""))
+
+
+def _light_stem(word: str) -> str:
+    # Plural folding only: measured +0.002-0.004 nDCG@10 on SciFact; stronger stemmers hurt precision.
+    if len(word) > 4 and not word.endswith("ss"):
+        for suffix, replacement in _PLURALS:
+            if word.endswith(suffix):
+                return word[: -len(suffix)] + replacement
+    return word
+
+
+def lexical_features(text: str) -> list[str]:
+    """Terms of a text: lower-cased words (plural-folded for ASCII) and CJK character bigrams.
+
+    Korean attaches particles to words ("임종석이"), and Chinese and Japanese do not separate words
+    at all, so overlapping character pairs match where whole words would not.
+    """
+    features: list[str] = []
+    for match in _TOKEN.finditer(text.lower()):
+        run = match.group()
+        if _CJK_CHAR.match(run):
+            features += [run[i : i + 2] for i in range(len(run) - 1)] if len(run) > 1 else [run]
+        else:
+            features.append(_light_stem(run) if run.isascii() else run)
+    return features
+
+
+def cjk_share(text: str) -> float:
+    """Share of word characters in Hangul, Han or kana: selects a query's dense/lexical mix."""
+    letters = sum(1 for match in _TOKEN.finditer(text) for _ in match.group())
+    return len(_CJK_CHAR.findall(text)) / letters if letters else 0.0
+
+
+@lru_cache(maxsize=1 << 20)
+def _slot(feature: str, dim: int) -> tuple[int, float]:
+    digest = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
+    # A random sign per feature makes collisions cancel on average instead of adding up.
+    return digest % dim, 1.0 if digest >> 63 else -1.0
+
+
+class HashedLexicalEncoder:
+    """Sublinear term frequency (1 + log tf) in ``dim`` hashed slots, unit length."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def slots(self, text: str) -> dict[int, float]:
+        """Signed, sublinear term weights by slot (not normalised)."""
+        weights: dict[int, float] = {}
+        for feature, count in Counter(lexical_features(text)).items():
+            index, sign = _slot(feature, self.dim)
+            weights[index] = weights.get(index, 0.0) + sign * (1.0 + math.log(count))
+        return weights
+
+    def vector(self, weights: dict[int, float], idf: np.ndarray | None = None) -> np.ndarray:
+        vector = np.zeros(self.dim, dtype=np.float32)
+        if weights:
+            indexes = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
+            vector[indexes] = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
+            if idf is not None:
+                vector[indexes] *= idf[indexes]
+            norm = float(np.linalg.norm(vector))
+            if norm > 0:
+                vector /= norm
+        return vector
+
+
+class DocumentFrequencies:
+    """How many distinct documents have each slot: the query side's IDF, learned from the documents
+    this server embeds. Stored document vectors never depend on it, so it may change freely.
+
+    Kept in ``path`` (written atomically), so a restart does not forget it.
+    """
+
+    def __init__(self, dim: int, path: Path | None, save_every: int = 1000) -> None:
+        self.dim = dim
+        self.path = path
+        self.save_every = save_every
+        self.counts = np.zeros(dim, dtype=np.int64)
+        self.documents = 0
+        self._seen: set[bytes] = set()
+        self._unsaved = 0
+        self._lock = threading.Lock()
+        if path is not None and path.exists():
+            self._load(path)
+
+    def add(self, text: str, slots: dict[int, float]) -> None:
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+        with self._lock:
+            # Open WebUI embeds each Knowledge file twice: count a document once.
+            if digest in self._seen:
+                return
+            self._seen.add(digest)
+            self.counts[list(slots)] += 1
+            self.documents += 1
+            self._unsaved += 1
+            due = self.path is not None and self._unsaved >= self.save_every
+        if due:
+            self.save()
+
+    def idf(self) -> np.ndarray:
+        """BM25's IDF per slot; all ones until documents have been seen."""
+        with self._lock:
+            n, df = self.documents, self.counts.astype(np.float64)
+        if n == 0:
+            return np.ones(self.dim, dtype=np.float32)
+        return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            counts, documents = self.counts.copy(), self.documents
+            seen = np.frombuffer(b"".join(sorted(self._seen)), dtype=np.uint8).reshape(-1, 12)
+            self._unsaved = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial.npz")
+        np.savez(partial, counts=counts, documents=documents, seen=seen, dim=self.dim)
+        partial.replace(self.path)
+
+    def _load(self, path: Path) -> None:
+        with np.load(path) as data:
+            if int(data["dim"]) != self.dim:
+                return  # another lexical size: start afresh rather than mix slots
+            self.counts = data["counts"].astype(np.int64)
+            self.documents = int(data["documents"])
+            self._seen = {bytes(row) for row in data["seen"]}
