@@ -17,17 +17,22 @@ from pathlib import Path
 import numpy as np
 
 _CJK = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff"
-_TOKEN = re.compile(f"[{_CJK}]+|[^\\W_]+")
+_TOKEN = re.compile(f"[{_CJK}]+|[^\\W_{_CJK}]+")
 _CJK_CHAR = re.compile(f"[{_CJK}]")
-_PLURALS = (("ies", "y"), ("es", ""), ("s", ""))
+_SIBILANT_PLURAL = re.compile(r"(?:[sxz]|ch|sh)es$")
 
 
 def _light_stem(word: str) -> str:
-    # Plural folding only: measured +0.002-0.004 nDCG@10 on SciFact; stronger stemmers hurt precision.
-    if len(word) > 4 and not word.endswith("ss"):
-        for suffix, replacement in _PLURALS:
-            if word.endswith(suffix):
-                return word[: -len(suffix)] + replacement
+    # English plural folding only: it measured a small gain on SciFact; stronger stemmers merge
+    # words that mean different things.
+    if len(word) <= 4 or word.endswith(("ss", "us", "is")):
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if _SIBILANT_PLURAL.search(word):
+        return word[:-2]
+    if word.endswith("s"):
+        return word[:-1]
     return word
 
 
