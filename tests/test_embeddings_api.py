@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import MODEL, PREFIXED, embed
+from tests.conftest import HYBRID, MODEL, PREFIXED, embed
 from tests.reference import cosine, raw_embeddings, token_count, tokenizer
 
 TEXTS = [
@@ -116,7 +116,7 @@ def test_user_and_unknown_fields_are_accepted(client: httpx.Client) -> None:
 def test_models_list_and_retrieve(client: httpx.Client) -> None:
     listed = client.get("/v1/models").json()
     assert listed["object"] == "list"
-    assert [m["id"] for m in listed["data"]] == [MODEL, PREFIXED]
+    assert [m["id"] for m in listed["data"]] == [MODEL, PREFIXED, HYBRID]
     assert all(m["object"] == "model" and isinstance(m["created"], int) and m["owned_by"] for m in listed["data"])
     assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
     assert client.get("/v1/models/sentence-transformers/all-MiniLM-L6-v2").json()["id"] == MODEL
