@@ -33,8 +33,8 @@ class ModelSpec(BaseModel):
 
     id: str = Field(min_length=1)
     aliases: list[str] = []
-    kind: Literal["transformer", "hybrid"] = "transformer"
-    source: str | None = Field(default=None, min_length=1, description="transformer: where the weights are")
+    kind: Literal["transformer", "hybrid", "cross-encoder"] = "transformer"
+    source: str | None = Field(default=None, min_length=1, description="transformer, cross-encoder: where the weights are")
     pooling: Literal["mean", "cls", "last"] | None = None
     normalize: bool | None = None
     max_tokens: int | None = Field(default=None, gt=0)
@@ -48,8 +48,8 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> "ModelSpec":
-        if self.kind == "transformer" and not self.source:
-            raise ValueError(f"model {self.id!r}: a transformer model needs a source")
+        if self.kind in ("transformer", "cross-encoder") and not self.source:
+            raise ValueError(f"model {self.id!r}: a {self.kind} model needs a source")
         if self.kind == "hybrid" and not self.dense:
             raise ValueError(f"model {self.id!r}: a hybrid model needs the id of its dense model")
         return self

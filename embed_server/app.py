@@ -16,7 +16,7 @@ from embed_server.errors import install_error_handlers
 from embed_server.metrics import Metrics
 from embed_server.middleware import RequestGuard
 from embed_server.registry import ModelRegistry
-from embed_server.routes import embeddings, health, models
+from embed_server.routes import embeddings, health, models, rerank
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_guard = KeyGuard([key.get_secret_value() for key in settings.api_keys], settings.rate_limit)
     install_error_handlers(app)
     app.include_router(embeddings.router)
+    app.include_router(rerank.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes)
@@ -68,6 +69,7 @@ def _openapi_with_served_models(app: FastAPI) -> dict:
     properties["model"]["examples"] = [name for spec in registry.specs for name in spec.names]
     for branch in properties["dimensions"].get("anyOf", []):
         if branch.get("type") == "integer":
-            branch["maximum"] = min(registry.get(spec.id).dimension for spec in registry.specs)
+            branch["maximum"] = min(registry.get(spec.id).dimension for spec in registry.specs
+                                    if spec.kind != "cross-encoder")
     app.openapi_schema = schema
     return schema

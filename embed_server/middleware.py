@@ -13,7 +13,7 @@ from embed_server.metrics import Metrics
 
 log = logging.getLogger("embed_server.access")
 
-ROUTES = ("/v1/embeddings", "/v1/models", "/health", "/ready", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/models", "/health", "/ready", "/metrics")
 
 
 def client_family(headers: dict[bytes, bytes]) -> str:

@@ -8,13 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from config import ModelSpec, Settings
 from embed_server.backends import TransformerBackend
+from embed_server.backends.cross_encoder import CrossEncoderBackend
 from embed_server.backends.lexical import DocumentFrequencies
 from embed_server.batcher import LengthSortedBatcher
 from embed_server.cache import EmbeddingCache
 from embed_server.embedder import Embedder
-from embed_server.errors import ModelNotFound, NotReady
+from embed_server.errors import InvalidRequest, ModelNotFound, NotReady
 from embed_server.hybrid import HybridEmbedder
 from embed_server.metrics import Metrics
+from embed_server.reranker import CrossEncoderReranker, EmbeddingReranker
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class ModelRegistry:
         # parallelises each forward pass itself (settings.threads).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._embedders: dict[str, Embedder | HybridEmbedder] = {}
+        self._rerankers: dict[str, CrossEncoderReranker | EmbeddingReranker] = {}
+        self._batchers: list[LengthSortedBatcher] = []
         self._hybrids: list[DocumentFrequencies] = []
         self.load_error: str | None = None
         self.ready = False
@@ -39,12 +43,15 @@ class ModelRegistry:
     async def load(self) -> None:
         """Load every model, then start its batcher. Failures are kept for /ready and /health."""
         try:
+            loop = asyncio.get_running_loop()
             for spec in self.specs:
                 if spec.kind == "transformer":
-                    backend = await asyncio.get_running_loop().run_in_executor(
-                        self.executor, TransformerBackend, spec, self.settings.threads
-                    )
+                    backend = await loop.run_in_executor(self.executor, TransformerBackend, spec, self.settings.threads)
                     self._add(spec, backend)
+                elif spec.kind == "cross-encoder":
+                    scorer = await loop.run_in_executor(self.executor, CrossEncoderBackend, spec, self.settings.threads)
+                    reranker = CrossEncoderReranker(spec, scorer, self._batcher(spec, scorer))
+                    self._rerankers |= {name: reranker for name in spec.names}
             for spec in self.specs:
                 if spec.kind == "hybrid":
                     self._add_hybrid(spec)
@@ -55,7 +62,7 @@ class ModelRegistry:
         self.ready = True
         log.info("models ready", extra={"models": [spec.id for spec in self.specs]})
 
-    def _add(self, spec: ModelSpec, backend: TransformerBackend) -> None:
+    def _batcher(self, spec: ModelSpec, backend: TransformerBackend | CrossEncoderBackend) -> LengthSortedBatcher:
         s = self.settings
         batcher = LengthSortedBatcher(
             backend,
@@ -67,8 +74,13 @@ class ModelRegistry:
             on_batch=self.metrics.batch_observer(spec.id),
         )
         batcher.start()
+        self._batchers.append(batcher)
+        return batcher
+
+    def _add(self, spec: ModelSpec, backend: TransformerBackend) -> None:
+        s = self.settings
         embedder = Embedder(
-            spec, backend, batcher, EmbeddingCache(s.cache_size), self.metrics,
+            spec, backend, self._batcher(spec, backend), EmbeddingCache(s.cache_size), self.metrics,
             truncate=s.truncate, token_ids=s.token_ids,
         )
         for name in spec.names:
@@ -85,13 +97,28 @@ class ModelRegistry:
             self._embedders[name] = embedder
 
     def get(self, name: str) -> Embedder | HybridEmbedder:
+        """The embedding model served under ``name``."""
         spec = self.find_spec(name)
+        if spec.kind == "cross-encoder":
+            raise InvalidRequest(f"'{spec.id}' is a reranking model: use POST /v1/rerank.", param="model")
         embedder = self._embedders.get(name)
-        if embedder is None and self.load_error:
-            raise NotReady(f"The server could not load its models: {self.load_error}")
         if embedder is None:
-            raise NotReady(f"The model '{spec.id}' is still loading. Retry shortly.", headers={"Retry-After": "5"})
+            raise self._not_ready(spec)
         return embedder
+
+    def _not_ready(self, spec: ModelSpec) -> NotReady:
+        if self.load_error:
+            return NotReady(f"The server could not load its models: {self.load_error}")
+        return NotReady(f"The model '{spec.id}' is still loading. Retry shortly.", headers={"Retry-After": "5"})
+
+    def get_reranker(self, name: str) -> CrossEncoderReranker | EmbeddingReranker:
+        """A cross-encoder, or any embedding model scoring by cosine."""
+        if name not in self._rerankers:
+            spec = self.find_spec(name)
+            if spec.kind == "cross-encoder":
+                raise self._not_ready(spec)
+            self._rerankers[name] = EmbeddingReranker(self.get(name))
+        return self._rerankers[name]
 
     def find_spec(self, name: str) -> ModelSpec:
         for spec in self.specs:
@@ -102,7 +129,6 @@ class ModelRegistry:
     async def close(self) -> None:
         for frequencies in self._hybrids:
             frequencies.save()
-        for embedder in set(self._embedders.values()):
-            if isinstance(embedder, Embedder):
-                await embedder.batcher.stop()
+        for batcher in self._batchers:
+            await batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

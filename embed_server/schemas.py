@@ -115,6 +115,42 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
+MAX_RERANK_DOCUMENTS = 1000
+
+
+class RerankRequest(BaseModel):
+    """What Open WebUI's external reranker sends (RAG_RERANKING_ENGINE=external), Cohere/Jina style."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(min_length=1)
+    query: Text
+    documents: Annotated[list[Text], Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)]
+    top_n: StrictInt | None = Field(default=None, ge=1)
+    return_documents: bool = False
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -74,6 +74,17 @@ def sentence_transformers_facts(folder: Path) -> dict:
     return facts
 
 
+def padded_inputs(batch: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` for token-id lists of different lengths."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 class TransformerBackend:
     """Encodes token-id batches with one transformer model on the CPU (or whatever torch has)."""
 
@@ -122,15 +133,10 @@ class TransformerBackend:
 
     @torch.inference_mode()
     def encode(self, batch: list[list[int]]) -> np.ndarray:
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
-        inputs = {"input_ids": input_ids, "attention_mask": mask}
+        inputs = padded_inputs(batch, self.pad_id)
         if "token_type_ids" in self.tokenizer.model_input_names:
-            inputs["token_type_ids"] = torch.zeros_like(input_ids)
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        mask = inputs["attention_mask"]
         hidden = self.model(**inputs).last_hidden_state
         vectors = self._pool(hidden, mask)
         if self.normalize:
