@@ -1,0 +1,132 @@
+"""The deploy files cannot run here (no Docker engine, no cluster): keep them in step with the code."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from string import Template
+
+import pytest
+import yaml
+
+from config import Settings, load_settings
+from embed_server.app import create_app
+from tests.servers import REPO
+from vector_bridge.openwebui_env import openwebui_environment
+
+DEPLOY = REPO / "deploy"
+COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+K8S = [doc for path in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+SETTINGS = Settings()
+# What `vector-bridge openwebui-env` prints for the compose network and the cluster.
+EXPECTED_OPENWEBUI_ENV = openwebui_environment(load_settings(
+    public_url="http://embeddings:8080", chroma_host="chroma-proxy", chroma_port=8000, chroma_token="TOKEN",
+    api_keys=["KEY"]))
+SECRET_VALUES = {"RAG_OPENAI_API_KEY", "CHROMA_HTTP_HEADERS"}
+
+
+def k8s(kind: str, name: str) -> dict:
+    return next(d for d in K8S if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def container(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def k8s_env(deployment: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container(deployment).get("env", [])}
+
+
+def routes() -> set[str]:
+    return set(create_app(SETTINGS).openapi()["paths"])
+
+
+def pinned_chromadb() -> str:
+    return re.search(r'"chromadb==([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+
+
+def test_open_webui_env_matches_what_vector_bridge_prints() -> None:
+    for env in (COMPOSE["services"]["open-webui"]["environment"], k8s_env(k8s("Deployment", "open-webui"))):
+        assert set(EXPECTED_OPENWEBUI_ENV) <= set(env)
+        for name, value in EXPECTED_OPENWEBUI_ENV.items():
+            if name not in SECRET_VALUES:
+                assert str(env[name]) == value, name
+        assert env["ENABLE_PERSISTENT_CONFIG"] == "false"
+    assert COMPOSE["services"]["open-webui"]["environment"]["CHROMA_HTTP_HEADERS"] == "Authorization=Bearer ${CHROMA_TOKEN}"
+
+
+def test_embed_settings_in_deploy_files_are_real_settings() -> None:
+    known = {f"EMBED_{name.upper()}" for name in Settings.model_fields}
+    used = set(COMPOSE["services"]["embeddings"]["environment"]) | set(k8s_env(k8s("Deployment", "embeddings")))
+    assert {name for name in used if name.startswith("EMBED_")} <= known
+    assert "EMBED_API_KEYS" in used  # keys are on wherever the server leaves this host
+
+
+def test_ports_and_probes_match_the_server() -> None:
+    assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_PORT"] == str(SETTINGS.port)
+    assert "/ready" in COMPOSE["services"]["embeddings"]["healthcheck"]["test"][-1]
+    embeddings = container(k8s("Deployment", "embeddings"))
+    assert embeddings["ports"][0]["containerPort"] == SETTINGS.port
+    assert embeddings["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert embeddings["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert {"/ready", "/health"} <= routes()
+    assert k8s("Service", "embeddings")["spec"]["ports"][0]["port"] == SETTINGS.port
+
+
+def test_embeddings_run_as_two_replicas_with_resources() -> None:
+    deployment = k8s("Deployment", "embeddings")
+    assert deployment["spec"]["replicas"] >= 2
+    assert container(deployment)["resources"]["requests"]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_chroma_is_reachable_only_through_the_token_proxy() -> None:
+    assert "ports" not in COMPOSE["services"]["chroma"]
+    assert COMPOSE["services"]["chroma-proxy"]["environment"]["UPSTREAM"] == "chroma:8000"
+    policy = k8s("NetworkPolicy", "chroma-only-from-proxy")
+    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app": "chroma-proxy"}
+    assert k8s("PersistentVolumeClaim", "chroma-data")
+    assert container(k8s("Deployment", "chroma"))["volumeMounts"][0]["mountPath"] == "/data"
+
+
+def test_image_versions_match_the_pinned_ones() -> None:
+    assert COMPOSE["services"]["chroma"]["image"] == f"chromadb/chroma:{pinned_chromadb()}"
+    assert container(k8s("Deployment", "chroma"))["image"] == f"chromadb/chroma:{pinned_chromadb()}"
+    for image in (COMPOSE["services"]["open-webui"]["image"], container(k8s("Deployment", "open-webui"))["image"]):
+        assert image == f"ghcr.io/open-webui/open-webui:v{SETTINGS.openwebui_version}"
+
+
+def test_every_data_directory_is_a_volume() -> None:
+    assert set(COMPOSE["volumes"]) == {"embed-state", "chroma-data", "open-webui-data"}
+    assert "embed-state:/data/state" in COMPOSE["services"]["embeddings"]["volumes"]
+    assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_STATE_DIR"] == "/data/state"
+
+
+def test_dockerfile_runs_non_root_with_a_healthcheck() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*/ready", dockerfile, re.MULTILINE)
+    assert f"EMBED_PORT={SETTINGS.port}" in dockerfile
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    manifests = {f"k8s/{p.name}" for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "secret.example.yaml"}
+    assert set(kustomization["resources"]) == manifests
+    for entry in kustomization["configMapGenerator"][0]["files"]:
+        assert (DEPLOY / entry).is_file()
+
+
+@pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()), reason="needs nginx")
+def test_the_proxy_template_is_valid_nginx(tmp_path: Path) -> None:
+    for folder in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / folder).mkdir()
+    config = tmp_path / "nginx.conf"
+    config.write_text(Template((DEPLOY / "nginx" / "chroma-auth.conf.template").read_text()).safe_substitute(
+        LISTEN="127.0.0.1:1", UPSTREAM="127.0.0.1:2", CHROMA_TOKEN="abc", PREFIX=tmp_path))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
