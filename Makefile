@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 up: setup
-	$(VENV)/bin/embed-server
+	$(VENV)/bin/vector-bridge up
 
 test: setup
 	$(PY) -m pytest
