@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -94,6 +96,7 @@ class TransformerBackend:
         torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._fast = self._rust_tokenizer()
         self.model = AutoModel.from_pretrained(folder).eval()
         self.pooling = spec.pooling or facts.get("pooling", "mean")
         self.normalize = spec.normalize if spec.normalize is not None else facts.get("normalize", True)
@@ -108,7 +111,19 @@ class TransformerBackend:
                    "max_tokens": self.max_tokens, "dimension": self.dimension},
         )
 
+    def _rust_tokenizer(self) -> Tokenizer | None:
+        """The Rust tokenizer under a fast tokenizer, without the Python wrapper's per-call overhead."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return None
+        rust = copy.deepcopy(self.tokenizer.backend_tokenizer)
+        # tokenizer.json may carry truncation or padding; the server truncates (or refuses) itself.
+        rust.no_truncation()
+        rust.no_padding()
+        return rust
+
     def tokenize(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is not None:
+            return [encoding.ids for encoding in self._fast.encode_batch(texts, add_special_tokens=True)]
         return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:

@@ -1,3 +1,6 @@
+"""Per-request dependencies. Both are async: FastAPI runs plain functions in its thread pool, a hop per
+request that costs more than the functions themselves."""
+
 from __future__ import annotations
 
 from fastapi import Request
@@ -5,10 +8,10 @@ from fastapi import Request
 from embed_server.registry import ModelRegistry
 
 
-def registry(request: Request) -> ModelRegistry:
+async def registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     client = request.client.host if request.client else None
     request.app.state.key_guard.admit(request.headers.get("authorization"), client)

@@ -1,0 +1,93 @@
+"""The shared Chroma store as the vector-bridge tools see it: a client from settings, and what each
+collection holds (count, dimension, the embedding model Open WebUI recorded)."""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import chromadb
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings as ChromaSettings
+
+from config import Settings
+
+# How many chunks are read to tell which model(s) embedded a collection: Open WebUI writes one
+# embedding_config per chunk, so a mixed collection shows up in any fair sample.
+MODEL_SAMPLE = 200
+
+
+class StoreError(RuntimeError):
+    """The Chroma server cannot be reached or refused a request."""
+
+
+def connect(settings: Settings) -> ClientAPI:
+    """A client for the Chroma server Open WebUI uses: through the token proxy when a token is set."""
+    headers = {"Authorization": f"Bearer {settings.chroma_token.get_secret_value()}"} if settings.chroma_token else None
+    try:
+        client = chromadb.HttpClient(
+            host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl, headers=headers,
+            settings=ChromaSettings(anonymized_telemetry=False),
+        )
+        client.heartbeat()
+    except Exception as error:  # chromadb raises plain Exception/ValueError subclasses for connection trouble
+        raise StoreError(f"cannot reach Chroma at {settings.chroma_host}:{settings.chroma_port}: {error}") from error
+    return client
+
+
+def parse_embedding_config(value: Any) -> dict[str, Any] | None:
+    """Open WebUI stores ``embedding_config`` as a Python repr (``"{'engine': 'openai', 'model': 'm'}"``),
+    sometimes as JSON; anything else is unknown."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def embedding_models(metadatas: list[dict[str, Any] | None]) -> Counter[str]:
+    """How many of these chunks name each embedding model."""
+    found: Counter[str] = Counter()
+    for metadata in metadatas:
+        config = parse_embedding_config((metadata or {}).get("embedding_config"))
+        if config and config.get("model"):
+            found[str(config["model"])] += 1
+    return found
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    count: int
+    dimension: int | None  # None: empty
+    models: dict[str, int] = field(default_factory=dict)  # embedding model -> chunks in the sample
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        """The one model that embedded this collection; None if unknown or mixed."""
+        return next(iter(self.models)) if len(self.models) == 1 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"model": self.model}
+
+
+def describe(collection: Collection) -> CollectionInfo:
+    count = collection.count()
+    sample = collection.get(limit=MODEL_SAMPLE, include=["metadatas", "embeddings"]) if count else None
+    dimension = None
+    if sample is not None and sample["embeddings"] is not None and len(sample["embeddings"]):
+        dimension = len(sample["embeddings"][0])
+    models = dict(embedding_models(sample["metadatas"] or [])) if sample is not None else {}
+    return CollectionInfo(collection.name, count, dimension, models, dict(collection.metadata or {}))
+
+
+def describe_all(client: ClientAPI) -> list[CollectionInfo]:
+    return [describe(collection) for collection in sorted(client.list_collections(), key=lambda c: c.name)]
