@@ -123,7 +123,9 @@ class TransformerBackend:
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         if self._fast is not None:
-            return [encoding.ids for encoding in self._fast.encode_batch(texts, add_special_tokens=True)]
+            # encode_batch_fast skips character offsets, which the server never reads (tokenizers >= 0.21).
+            encode = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
+            return [encoding.ids for encoding in encode(texts, add_special_tokens=True)]
         return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
