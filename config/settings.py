@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     chroma_path: Path = Path("data/chroma")
     chroma_ssl: bool = False
     chroma_token: SecretStr | None = Field(default=None, description="Bearer token the proxy in front of Chroma checks.")
+    chroma_ef_search: int = Field(default=500, ge=0, description="HNSW ef_search set on every collection when "
+                                  "Chroma starts (Open WebUI leaves Chroma's 100); 0 leaves collections alone.")
 
     # Open WebUI, as the stack and the vector-bridge tools see it
     openwebui_url: str = Field(default="http://127.0.0.1:3000",

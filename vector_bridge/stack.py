@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,6 +20,7 @@ import httpx
 
 from config import Settings
 from vector_bridge.openwebui_env import openwebui_environment
+from vector_bridge.store import connect, widen_hnsw_search
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Service:
     ready_statuses: tuple[int, ...] = (200,)
     process: subprocess.Popen | None = None
     restarts: int = 0
+    on_ready: Callable[[], None] | None = None  # after every start and restart, before anything else uses it
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +58,8 @@ class Service:
                                  f"see {self.log_path}")
             try:
                 if httpx.get(self.ready_url, timeout=2).status_code in self.ready_statuses:
+                    if self.on_ready is not None:
+                        self.on_ready()
                     return
             except httpx.HTTPError:
                 pass
@@ -92,7 +98,21 @@ def chroma_service(settings: Settings) -> Service:
         [_venv_binary("chroma"), "run", "--path", str(settings.chroma_path),
          "--host", settings.chroma_host, "--port", str(settings.chroma_port)],
         f"{base}/api/v2/heartbeat", settings.log_dir / "chroma.log",
+        on_ready=partial(tune_chroma, settings),
     )
+
+
+def tune_chroma(settings: Settings) -> None:
+    """Search settings Open WebUI cannot set itself; a failure here never stops the stack."""
+    if not settings.chroma_ef_search:
+        return
+    try:
+        changed = widen_hnsw_search(connect(settings), settings.chroma_ef_search)
+    except Exception as error:  # chromadb raises plain exceptions; the store still works untuned
+        log.warning("could not tune Chroma collections", extra={"error": str(error)})
+        return
+    if changed:
+        log.info("raised HNSW ef_search", extra={"ef_search": settings.chroma_ef_search, "collections": changed})
 
 
 def embed_service(settings: Settings, config_file: str | None) -> Service:
