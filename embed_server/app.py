@@ -16,7 +16,7 @@ from embed_server.errors import install_error_handlers
 from embed_server.metrics import Metrics
 from embed_server.middleware import RequestGuard
 from embed_server.registry import ModelRegistry
-from embed_server.routes import embeddings, health, models, rerank
+from embed_server.routes import embeddings, health, models, rerank, search
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(embeddings.router)
     app.include_router(rerank.router)
+    app.include_router(search.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, field_validator, model_validator
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 
@@ -160,6 +160,37 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class SearchRequest(BaseModel):
+    """A search of the shared store (vector_bridge): one Knowledge base or one collection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Text
+    knowledge: StrictStr | None = Field(default=None, min_length=1, description="Knowledge base name or id")
+    collection: StrictStr | None = Field(default=None, min_length=1, description="Chroma collection name")
+    k: StrictInt = Field(default=5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "SearchRequest":
+        if (self.knowledge is None) == (self.collection is None):
+            raise ValueError("give exactly one of 'knowledge' and 'collection'")
+        return self
+
+
+class SearchHit(BaseModel):
+    id: str
+    text: str
+    score: float = Field(description="cosine similarity")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    collection: str
+    model: str
+    data: list[SearchHit]
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

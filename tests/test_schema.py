@@ -22,6 +22,9 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(server: str) -> 
          # Valid token ids depend on the vocabulary, which a JSON schema cannot express; every
          # other check runs, and any rejection must still be a documented, schema-valid error.
          "--exclude-checks", "positive_data_acceptance",
+         # /v1/search needs Chroma and Open WebUI, which this server has not got: tests/test_bridge.py
+         # drives it against the real ones.
+         "--exclude-path", "/v1/search",
          "--phases", "examples,coverage,fuzzing", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=900,
     )

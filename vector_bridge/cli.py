@@ -12,8 +12,12 @@ import httpx
 from config import Settings, load_settings
 from embed_server.logs import configure_logging
 from vector_bridge.backup import BackupError, backup, restore
+from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
+from vector_bridge.ingest import IngestError, ingest
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import PERSISTENT_CONFIG_NOTE, openwebui_environment, render_env_file
+from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
+                                  nearest_chunks, open_collection)
 from vector_bridge.stack import openwebui_venv, run_stack
 from vector_bridge.store import StoreError, connect
 
@@ -37,6 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--token", help="admin API key or token (env OPENWEBUI_API_KEY)")
     apply.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
     apply.add_argument("--json", action="store_true")
+
+    find = commands.add_parser("search", help="top chunks of a Knowledge base, embedded with its own model")
+    find.add_argument("query")
+    where = find.add_mutually_exclusive_group(required=True)
+    where.add_argument("--knowledge", help="Knowledge base name or id (looked up through Open WebUI)")
+    where.add_argument("--collection", help="a Chroma collection name, e.g. file-<id>")
+    find.add_argument("-k", type=int, default=5, help="chunks to return (default 5)")
+    find.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
+    find.add_argument("--token", help="Open WebUI API key or token (env OPENWEBUI_API_KEY)")
+    find.add_argument("--json", action="store_true")
+
+    send = commands.add_parser("ingest", help="upload files and folders into an Open WebUI Knowledge base")
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument("--knowledge", required=True, help="Knowledge base name or id")
+    send.add_argument("--create", action="store_true", help="create the Knowledge base if it does not exist")
+    send.add_argument("--concurrency", type=int, default=4, help="uploads at once (default 4)")
+    send.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
+    send.add_argument("--token", help="Open WebUI API key or token (env OPENWEBUI_API_KEY)")
+    send.add_argument("--json", action="store_true")
 
     save = commands.add_parser("backup", help="write every collection of the store to one portable file")
     save.add_argument("file", type=Path)
@@ -67,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(env, indent=2) if args.json else render_env_file(env), end="\n" if args.json else "")
         return 0
 
+    if args.command == "search":
+        return _search(args, settings)
+
+    if args.command == "ingest":
+        return _ingest(args, settings)
+
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, settings)
 
@@ -90,8 +119,65 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _openwebui(args: argparse.Namespace, settings: Settings) -> OpenWebUIClient:
+    token = args.token or (settings.openwebui_api_key.get_secret_value() if settings.openwebui_api_key else None)
+    return OpenWebUIClient(args.url or settings.openwebui_url, token)
+
+
+def _search(args: argparse.Namespace, settings: Settings) -> int:
+    if args.k < 1:
+        print("vector-bridge: -k must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        name = args.collection or knowledge_collection(_openwebui(args, settings), args.knowledge)
+        collection = open_collection(connect(settings), name)
+        model = embedding_model(collection)
+        try:
+            [vector] = EmbeddingsClient(settings).embed(model, [args.query], "query")
+        except ModelNotServed as error:
+            raise UnknownEmbeddingModel(f"collection {name!r} was embedded with {model!r}: {error}") from None
+        hits = nearest_chunks(collection, vector, args.k)
+    except (SearchError, StoreError, EmbeddingsError, OpenWebUIError, httpx.HTTPError) as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"collection": name, "model": model, "hits": [hit.to_dict() for hit in hits]},
+                         ensure_ascii=False))
+        return 0
+    print(f"{len(hits)} chunks from {name} (embedded with {model}); score = cosine similarity")
+    for rank, hit in enumerate(hits, 1):
+        where = hit.metadata.get("name") or hit.metadata.get("source") or "?"
+        page = f", page {hit.metadata['page']}" if "page" in hit.metadata else ""
+        text = " ".join(hit.text.split())
+        print(f"{rank:>2}. {hit.score:.3f}  {where}{page}\n    {text[:240]}{'...' if len(text) > 240 else ''}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with _openwebui(args, settings) as webui:
+            report = ingest(webui, args.knowledge, args.paths, create=args.create, concurrency=args.concurrency,
+                            progress=_show_progress(args))
+    except (IngestError, SearchError, OpenWebUIError, httpx.HTTPError) as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        counts = report.to_dict()["counts"]
+        print(f"Knowledge base {report.knowledge_id}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        for item in report.files:
+            if item.outcome in ("failed", "skipped"):
+                print(f"  {item.outcome}: {item.path}: {item.detail}")
+    return 0 if report.ok else 1
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.json and sys.stderr.isatty()
+
+
 def _backup_or_restore(args: argparse.Namespace, settings: Settings) -> int:
-    progress = not args.json and sys.stderr.isatty()
+    progress = _show_progress(args)
     try:
         client = connect(settings)
         if args.command == "backup":

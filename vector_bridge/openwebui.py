@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ class OpenWebUIClient:
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "OpenWebUIClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
@@ -56,12 +66,40 @@ class OpenWebUIClient:
     def create_knowledge(self, name: str, description: str = "") -> dict:
         return self._call("POST", "/api/v1/knowledge/create", json={"name": name, "description": description})
 
+    def _all_pages(self, path: str) -> list[dict]:
+        """Every item of a list Open WebUI answers a page at a time (``{"items": [...], "total": n}``)."""
+        found: list[dict] = []
+        page = 1
+        while True:
+            answer = self._call("GET", path, params={"page": page})
+            found += answer["items"]
+            if not answer["items"] or len(found) >= answer["total"]:
+                return found
+            page += 1
+
+    def list_knowledge(self) -> list[dict]:
+        """Every Knowledge base this token may read."""
+        return self._all_pages("/api/v1/knowledge/")
+
+    def knowledge_files(self, knowledge_id: str) -> list[dict]:
+        return self._all_pages(f"/api/v1/knowledge/{knowledge_id}/files")
+
     def knowledge(self, knowledge_id: str) -> dict:
         return self._call("GET", f"/api/v1/knowledge/{knowledge_id}")
 
-    def upload_file(self, path: Path) -> dict:
+    def upload_file(self, path: Path, metadata: dict | None = None) -> dict:
+        """Upload and process in the background. With ``metadata={"knowledge_id": ...}`` Open WebUI also
+        adds the file to that Knowledge base when processing completes, even if this client goes away."""
+        form = {"metadata": json.dumps(metadata)} if metadata else None
         with path.open("rb") as file:
-            return self._call("POST", "/api/v1/files/", files={"file": (path.name, file)})
+            return self._call("POST", "/api/v1/files/", files={"file": (path.name, file)}, data=form)
+
+    def knowledge_sync_diff(self, knowledge_id: str, manifest: list[dict]) -> dict:
+        """Which of these files (name, path, SHA-256, size) the Knowledge base lacks or holds in another version."""
+        return self._call("POST", f"/api/v1/knowledge/{knowledge_id}/sync/diff", json={"manifest": manifest})
+
+    def remove_file_from_knowledge(self, knowledge_id: str, file_id: str) -> dict:
+        return self._call("POST", f"/api/v1/knowledge/{knowledge_id}/file/remove", json={"file_id": file_id})
 
     def wait_for_processing(self, file_id: str, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout

@@ -120,7 +120,18 @@ def embed_service(settings: Settings, config_file: str | None) -> Service:
     if config_file:
         command += ["--config", config_file]
     return Service("embeddings", command, settings.embeddings_url.removesuffix("/v1") + "/ready",
-                   settings.log_dir / "embed-server.log")
+                   settings.log_dir / "embed-server.log", env=bridge_environment(settings))
+
+
+def bridge_environment(settings: Settings) -> dict[str, str]:
+    """What the server's /v1/search needs to see the same store and Open WebUI as this process."""
+    env = {"EMBED_CHROMA_HOST": settings.chroma_host, "EMBED_CHROMA_PORT": str(settings.chroma_port),
+           "EMBED_CHROMA_SSL": str(settings.chroma_ssl).lower(), "OPENWEBUI_URL": settings.openwebui_url}
+    if settings.chroma_token is not None:
+        env["EMBED_CHROMA_TOKEN"] = settings.chroma_token.get_secret_value()
+    if settings.openwebui_api_key is not None:
+        env["OPENWEBUI_API_KEY"] = settings.openwebui_api_key.get_secret_value()
+    return env
 
 
 def openwebui_venv(settings: Settings) -> Path:

@@ -1,0 +1,212 @@
+"""vector-bridge tools on Open WebUI's shared store, against real Open WebUI, Chroma behind nginx, our server.
+
+SciFact abstracts go into a Knowledge base through `vector-bridge ingest` (Open WebUI's own API), then
+`vector-bridge search` and `POST /v1/search` must find each test question's abstract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ARTIFACTS
+from tests.stack import Stack, build_stack, nginx_available
+from vector_bridge.cli import main
+from vector_bridge.openwebui import OpenWebUIClient
+from vector_bridge.store import connect
+
+pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
+              pytest.mark.skipif(not nginx_available(), reason="nginx is installed by .ci/run")]
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "scifact"
+QUESTIONS = 25  # test questions whose abstracts are ingested, among filler abstracts
+FILLER = 100
+KNOWLEDGE = "SciFact abstracts"
+
+
+def scifact_sample() -> tuple[dict[str, str], dict[str, dict], dict[str, set[str]]]:
+    """Test questions with their relevant abstracts, plus filler: (questions, abstracts by id, qrels)."""
+    qrels: dict[str, set[str]] = {}
+    for line in (SCIFACT / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        query_id, doc_id, _ = line.split("\t")
+        qrels.setdefault(query_id, set()).add(doc_id)
+    queries = {q["_id"]: q["text"] for q in map(json.loads, (SCIFACT / "queries.jsonl").read_text().splitlines())}
+    chosen = dict(list((qid, queries[qid]) for qid in qrels if qid in queries)[:QUESTIONS])
+    wanted = set().union(*(qrels[qid] for qid in chosen))
+    docs: dict[str, dict] = {}
+    with (SCIFACT / "corpus.jsonl").open() as corpus:
+        for line in corpus:
+            doc = json.loads(line)
+            if doc["_id"] in wanted or len(docs) < len(wanted) + FILLER:
+                docs[doc["_id"]] = doc
+            if wanted <= docs.keys() and len(docs) >= len(wanted) + FILLER:
+                break
+    return chosen, docs, {qid: qrels[qid] for qid in chosen}
+
+
+def write_abstracts(folder: Path, docs: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc in docs:
+        (folder / f"{doc['_id']}.txt").write_text(f"{doc['title']}\n\n{doc['text']}", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = build_stack(tmp_path_factory.mktemp("bridge"), with_openwebui=True)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        logs = ARTIFACTS / "logs" / "bridge"
+        logs.mkdir(parents=True, exist_ok=True)
+        for log in (running.root / "logs").glob("*.log"):
+            (logs / log.name).write_bytes(log.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def environment(stack: Stack) -> Iterator[dict[str, str]]:
+    """The environment a user gives the CLI: the store (through the proxy), our server, Open WebUI + token."""
+    admin = OpenWebUIClient(stack.settings.openwebui_url)
+    token = admin.sign_up("Admin", "admin@example.com", "a-long-test-password")["token"]
+    env = {"EMBED_PORT": str(stack.settings.port), "EMBED_CHROMA_PORT": str(stack.settings.chroma_port),
+           "EMBED_CHROMA_TOKEN": stack.settings.chroma_token.get_secret_value(),
+           "OPENWEBUI_URL": stack.settings.openwebui_url, "OPENWEBUI_API_KEY": token}
+    # The server's /v1/search looks Knowledge names up in Open WebUI with a key of its own.
+    stack.embed.env["OPENWEBUI_API_KEY"] = token
+    stack.restart(stack.embed)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield env
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[dict[str, str], dict[str, dict], dict[str, set[str]]]:
+    return scifact_sample()
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | None, str]:
+    code = main([*args, "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
+
+
+@pytest.fixture(scope="module")
+def ingested(environment: dict[str, str], sample, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    _, docs, _ = sample
+    folder = tmp_path_factory.mktemp("abstracts")
+    write_abstracts(folder, list(docs.values()))
+    (folder / "notes.xyz").write_text("not a document")
+    code = main(["ingest", str(folder), "--knowledge", KNOWLEDGE, "--create", "--json"])
+    assert code == 0
+    return {"folder": folder}
+
+
+def test_ingest_puts_every_file_into_the_knowledge_base_once(environment, ingested, sample,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    _, docs, _ = sample
+    webui = OpenWebUIClient(environment["OPENWEBUI_URL"], environment["OPENWEBUI_API_KEY"])
+    [base] = [b for b in webui.list_knowledge() if b["name"] == KNOWLEDGE]
+    names = Counter(f["filename"] for f in webui.knowledge_files(base["id"]))
+    assert names == Counter(f"{doc_id}.txt" for doc_id in docs)
+
+    # A second run uploads nothing: Open WebUI's hashes say every file is there.
+    code, report, _ = run_cli(capsys, "ingest", str(ingested["folder"]), "--knowledge", KNOWLEDGE)
+    assert code == 0
+    assert report["counts"] == {"uploaded": 0, "replaced": 0, "unchanged": len(docs), "failed": 0, "skipped": 1}
+    assert Counter(f["filename"] for f in webui.knowledge_files(base["id"])) == names
+
+    # A changed file replaces its old version; nothing else moves.
+    changed = ingested["folder"] / f"{next(iter(docs))}.txt"
+    original = changed.read_text()
+    changed.write_text(original + "\n\nAn added sentence.")
+    code, report, _ = run_cli(capsys, "ingest", str(ingested["folder"]), "--knowledge", KNOWLEDGE)
+    changed.write_text(original)
+    assert code == 0 and report["counts"]["replaced"] == 1 and report["counts"]["uploaded"] == 0
+    assert Counter(f["filename"] for f in webui.knowledge_files(base["id"])) == names
+
+
+def test_search_finds_each_question_s_abstract(environment, ingested, sample, capsys: pytest.CaptureFixture) -> None:
+    questions, _, qrels = sample
+    found = 0
+    for query_id, question in questions.items():
+        code, answer, error = run_cli(capsys, "search", question, "--knowledge", KNOWLEDGE, "-k", "5")
+        assert code == 0, error
+        assert answer["model"] == "all-MiniLM-L6-v2" and len(answer["hits"]) == 5
+        assert all(hit["text"] and -1 <= hit["score"] <= 1 and hit["metadata"]["name"] for hit in answer["hits"])
+        names = {hit["metadata"]["name"].removesuffix(".txt") for hit in answer["hits"]}
+        found += bool(names & qrels[query_id])
+    # MiniLM's recall@5 on SciFact's test set is about 0.8; the filler here is small.
+    assert found / len(questions) >= 0.8, found
+
+
+def test_search_route_answers_like_the_cli(environment, ingested, sample, capsys: pytest.CaptureFixture) -> None:
+    questions, _, _ = sample
+    question = next(iter(questions.values()))
+    _, cli, _ = run_cli(capsys, "search", question, "--knowledge", KNOWLEDGE, "-k", "3")
+    base = f"http://127.0.0.1:{environment['EMBED_PORT']}"
+    answer = httpx.post(f"{base}/v1/search", json={"knowledge": KNOWLEDGE, "query": question, "k": 3}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["collection"] == cli["collection"] and body["model"] == cli["model"]
+    assert [hit["id"] for hit in body["data"]] == [hit["id"] for hit in cli["hits"]]
+    assert np.allclose([h["score"] for h in body["data"]], [h["score"] for h in cli["hits"]], atol=1e-4)
+
+    unknown = httpx.post(f"{base}/v1/search", json={"knowledge": "no such base", "query": "x"}, timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "collection_not_found"
+    both = httpx.post(f"{base}/v1/search", json={"knowledge": KNOWLEDGE, "collection": "c", "query": "x"}, timeout=60)
+    assert both.status_code == 400 and "exactly one" in both.json()["error"]["message"]
+
+
+def test_search_refuses_a_collection_embedded_with_a_model_not_served(environment, stack: Stack,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    collection = connect(stack.settings).create_collection("planted-mpnet", metadata={"hnsw:space": "cosine"})
+    collection.add(ids=["a"], embeddings=np.ones((1, 768), dtype=np.float32), documents=["text"],
+                   metadatas=[{"embedding_config": "{'engine': 'openai', 'model': 'all-mpnet-base-v2'}"}])
+    code, _, error = run_cli(capsys, "search", "anything", "--collection", "planted-mpnet")
+    assert code == 1 and "embedded with 'all-mpnet-base-v2'" in error
+    base = f"http://127.0.0.1:{environment['EMBED_PORT']}"
+    answer = httpx.post(f"{base}/v1/search", json={"collection": "planted-mpnet", "query": "x"}, timeout=60)
+    assert answer.status_code == 400 and "all-mpnet-base-v2" in answer.json()["error"]["message"]
+    connect(stack.settings).delete_collection("planted-mpnet")
+
+
+def test_ingest_killed_midway_then_resumed_loses_and_duplicates_nothing(
+        environment, sample, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, docs, _ = sample
+    folder = tmp_path / "more"
+    write_abstracts(folder, [{"_id": f"extra-{i}", "title": f"Extra {i}", "text": doc["text"][::-1]}
+                             for i, doc in enumerate(list(docs.values())[:40])])
+    webui = OpenWebUIClient(environment["OPENWEBUI_URL"], environment["OPENWEBUI_API_KEY"])
+    knowledge_id = webui.create_knowledge("Killed midway")["id"]
+
+    worker = subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "ingest", str(folder),
+                               "--knowledge", knowledge_id, "--concurrency", "2", "--json"],
+                              env={**os.environ, **environment}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(webui.knowledge_files(knowledge_id)) < 8 and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert 0 < len(webui.knowledge_files(knowledge_id)) < 40  # killed part-way
+
+    code, report, error = run_cli(capsys, "ingest", str(folder), "--knowledge", knowledge_id)
+    assert code == 0, error
+    assert report["counts"]["uploaded"] + report["counts"]["unchanged"] == 40
+    deadline = time.monotonic() + 120  # files the killed run had uploaded finish inside Open WebUI
+    while len(webui.knowledge_files(knowledge_id)) < 40 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    names = Counter(f["filename"] for f in webui.knowledge_files(knowledge_id))
+    assert names == Counter(f"extra-{i}.txt" for i in range(40))

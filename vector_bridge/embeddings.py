@@ -1,0 +1,37 @@
+"""Our embeddings server as the vector-bridge tools call it: over HTTP, like Open WebUI does."""
+
+from __future__ import annotations
+
+import httpx
+
+from config import Settings
+
+
+class EmbeddingsError(RuntimeError):
+    pass
+
+
+class ModelNotServed(EmbeddingsError):
+    pass
+
+
+class EmbeddingsClient:
+    def __init__(self, settings: Settings, timeout: float = 600) -> None:
+        self.url = settings.embeddings_url
+        headers = {"Authorization": f"Bearer {settings.api_keys[0].get_secret_value()}"} if settings.api_keys else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def embed(self, model: str, texts: list[str], input_type: str) -> list[list[float]]:
+        try:
+            response = self.http.post("/embeddings", json={"model": model, "input": texts, "input_type": input_type})
+        except httpx.HTTPError as error:
+            raise EmbeddingsError(f"cannot reach the embeddings server at {self.url}: {error}") from error
+        if response.status_code == 404:
+            raise ModelNotServed(f"the embeddings server at {self.url} does not serve {model!r}")
+        if response.status_code != 200:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:300]
+            raise EmbeddingsError(f"embeddings server answered {response.status_code}: {message}")
+        return [item["embedding"] for item in response.json()["data"]]
