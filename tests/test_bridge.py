@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -210,3 +211,46 @@ def test_ingest_killed_midway_then_resumed_loses_and_duplicates_nothing(
         time.sleep(0.5)
     names = Counter(f["filename"] for f in webui.knowledge_files(knowledge_id))
     assert names == Counter(f"extra-{i}.txt" for i in range(40))
+
+
+def test_doctor_flags_wrong_model_dimension_orphans_and_empty_collections(
+        environment, ingested, stack: Stack, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, healthy, error = run_cli(capsys, "doctor")
+    assert code == 0 and healthy["ok"], healthy["findings"] if healthy else error
+    assert healthy["openwebui"]["source"] == "open-webui" and healthy["openwebui"]["dimension"] == 384
+    assert healthy["versions"]["chromadb"] == healthy["versions"]["openwebui_chromadb"] == "1.5.9"
+    assert any(c["model"] == "all-MiniLM-L6-v2" and c["dimension"] == 384 for c in healthy["collections"])
+
+    store = connect(stack.settings)
+    mpnet, stray = f"file-{uuid.uuid4()}", f"file-{uuid.uuid4()}"
+    planted = store.create_collection(mpnet, metadata={"hnsw:space": "cosine"})
+    planted.add(ids=["a"], embeddings=np.ones((1, 768), dtype=np.float32), documents=["text"],
+                metadatas=[{"embedding_config": "{'engine': 'openai', 'model': 'all-mpnet-base-v2'}"}])
+    orphan = store.create_collection(stray, metadata={"hnsw:space": "cosine"})
+    orphan.add(ids=["b"], embeddings=np.ones((1, 384), dtype=np.float32), documents=["text"],
+               metadatas=[{"embedding_config": "{'engine': 'openai', 'model': 'all-MiniLM-L6-v2'}"}])
+    store.create_collection("empty-collection", metadata={"hnsw:space": "cosine"})
+
+    code, sick, _ = run_cli(capsys, "doctor")
+    assert code == 1 and not sick["ok"]
+    by_collection: dict[str, list[tuple[str, str]]] = {}
+    for finding in sick["findings"]:
+        by_collection.setdefault(finding["collection"], []).append((finding["severity"], finding["message"]))
+    assert set(by_collection) == {mpnet, stray, "empty-collection"}  # Open WebUI's own collections pass
+    messages = " ".join(message for _, message in by_collection[mpnet])
+    assert "dimension 768" in messages and "all-mpnet-base-v2" in messages and "no Open WebUI file" in messages
+    assert [severity for severity, _ in by_collection[stray]] == ["warning"]
+    assert {message.split(": ", 1)[1][:5] for _, message in by_collection["empty-collection"]} == {"no Op", "empty"}
+
+    # Without an Open WebUI token: the model and size still come from these settings; orphans are not judged.
+    monkeypatch.delenv("OPENWEBUI_API_KEY")
+    code, blind, _ = run_cli(capsys, "doctor")
+    assert code == 1 and blind["openwebui"]["source"] == "settings"
+    assert not any("no Open WebUI file" in f["message"] for f in blind["findings"])
+    assert any("orphans not checked" in note for note in blind["notes"])
+    assert any(f["collection"] == mpnet and f["severity"] == "error" for f in blind["findings"])
+
+    for name in (mpnet, stray, "empty-collection"):
+        store.delete_collection(name)
+    monkeypatch.setenv("OPENWEBUI_API_KEY", environment["OPENWEBUI_API_KEY"])
+    assert run_cli(capsys, "doctor")[0] == 0

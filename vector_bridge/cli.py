@@ -12,6 +12,8 @@ import httpx
 from config import Settings, load_settings
 from embed_server.logs import configure_logging
 from vector_bridge.backup import BackupError, backup, restore
+from vector_bridge.doctor import diagnose, gather
+from vector_bridge.doctor import report as doctor_report
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
 from vector_bridge.ingest import IngestError, ingest
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
@@ -61,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--token", help="Open WebUI API key or token (env OPENWEBUI_API_KEY)")
     send.add_argument("--json", action="store_true")
 
+    check = commands.add_parser("doctor", help="check every collection against Open WebUI's configuration")
+    check.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
+    check.add_argument("--token", help="Open WebUI admin API key or token (env OPENWEBUI_API_KEY); without one, "
+                                       "orphans are not checked")
+    check.add_argument("--json", action="store_true")
+
     save = commands.add_parser("backup", help="write every collection of the store to one portable file")
     save.add_argument("file", type=Path)
     save.add_argument("--collection", action="append", help="only this collection (repeatable)")
@@ -96,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ingest":
         return _ingest(args, settings)
 
+    if args.command == "doctor":
+        return _doctor(args, settings)
+
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, settings)
 
     if args.command == "openwebui-apply":
         url = args.url or settings.openwebui_url
-        token = args.token or (settings.openwebui_api_key.get_secret_value() if settings.openwebui_api_key else None)
+        token = _openwebui_token(args, settings)
         if not token:
             print("vector-bridge: an admin token is needed (--token or OPENWEBUI_API_KEY)", file=sys.stderr)
             return 2
@@ -119,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _openwebui_token(args: argparse.Namespace, settings: Settings) -> str | None:
+    return args.token or (settings.openwebui_api_key.get_secret_value() if settings.openwebui_api_key else None)
+
+
 def _openwebui(args: argparse.Namespace, settings: Settings) -> OpenWebUIClient:
-    token = args.token or (settings.openwebui_api_key.get_secret_value() if settings.openwebui_api_key else None)
-    return OpenWebUIClient(args.url or settings.openwebui_url, token)
+    return OpenWebUIClient(args.url or settings.openwebui_url, _openwebui_token(args, settings))
 
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
@@ -170,6 +184,36 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             if item.outcome in ("failed", "skipped"):
                 print(f"  {item.outcome}: {item.path}: {item.detail}")
     return 0 if report.ok else 1
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    webui = _openwebui(args, settings) if _openwebui_token(args, settings) else None
+    try:
+        facts = gather(settings, webui)
+    except (StoreError, OpenWebUIError, httpx.HTTPError) as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if webui is not None:
+            webui.close()
+    findings = diagnose(facts)
+    result = doctor_report(facts, findings)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0 if result["ok"] else 1
+    expected = facts.expected
+    print(f"Open WebUI embeds with {expected.model} ({expected.dimension or '?'} dimensions) via {expected.url} "
+          f"[from {expected.source}]")
+    print(f"{'collection':<44} {'chunks':>8} {'dim':>6}  model")
+    for info in facts.collections:
+        model = info.model or ("mixed" if len(info.models) > 1 else "?")
+        print(f"{info.name:<44} {info.count:>8} {info.dimension or '-':>6}  {model}")
+    for finding in findings:
+        print(f"{finding.severity.upper()}: {finding.message}" + (f"\n    fix: {finding.fix}" if finding.fix else ""))
+    for note in facts.notes:
+        print(f"note: {note}")
+    print("OK" if result["ok"] else "problems found")
+    return 0 if result["ok"] else 1
 
 
 def _show_progress(args: argparse.Namespace) -> bool:

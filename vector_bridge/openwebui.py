@@ -66,12 +66,12 @@ class OpenWebUIClient:
     def create_knowledge(self, name: str, description: str = "") -> dict:
         return self._call("POST", "/api/v1/knowledge/create", json={"name": name, "description": description})
 
-    def _all_pages(self, path: str) -> list[dict]:
+    def _all_pages(self, path: str, **params: Any) -> list[dict]:
         """Every item of a list Open WebUI answers a page at a time (``{"items": [...], "total": n}``)."""
         found: list[dict] = []
         page = 1
         while True:
-            answer = self._call("GET", path, params={"page": page})
+            answer = self._call("GET", path, params={**params, "page": page})
             found += answer["items"]
             if not answer["items"] or len(found) >= answer["total"]:
                 return found
@@ -80,6 +80,13 @@ class OpenWebUIClient:
     def list_knowledge(self) -> list[dict]:
         """Every Knowledge base this token may read."""
         return self._all_pages("/api/v1/knowledge/")
+
+    def files(self) -> list[dict]:
+        """Every file this token may see (all users' files for an admin, by Open WebUI's default)."""
+        return self._all_pages("/api/v1/files/", content="false")
+
+    def session_user(self) -> dict:
+        return self._call("GET", "/api/v1/auths/")
 
     def knowledge_files(self, knowledge_id: str) -> list[dict]:
         return self._all_pages(f"/api/v1/knowledge/{knowledge_id}/files")
