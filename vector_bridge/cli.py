@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,8 @@ from vector_bridge.doctor import diagnose, gather
 from vector_bridge.doctor import report as doctor_report
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
 from vector_bridge.ingest import IngestError, ingest
+from vector_bridge.migrate import MigrationError, migrate_collection
+from vector_bridge.migrate import plan as migration_plan
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import PERSISTENT_CONFIG_NOTE, openwebui_environment, render_env_file
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
@@ -69,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "orphans are not checked")
     check.add_argument("--json", action="store_true")
 
+    move = commands.add_parser("migrate", help="re-embed collections with another served model, no downtime")
+    move.add_argument("--to", required=True, metavar="MODEL", help="served model id to re-embed with")
+    move.add_argument("--collection", action="append", help="only this collection (repeatable; default: every "
+                                                            "collection embedded with another model)")
+    move.add_argument("--drop-old", action="store_true", help="delete the old vectors once a swap is done")
+    move.add_argument("--batch", type=int, default=64, help="chunks per request to the embeddings server")
+    move.add_argument("--json", action="store_true")
+
     save = commands.add_parser("backup", help="write every collection of the store to one portable file")
     save.add_argument("file", type=Path)
     save.add_argument("--collection", action="append", help="only this collection (repeatable)")
@@ -106,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "doctor":
         return _doctor(args, settings)
+
+    if args.command == "migrate":
+        return _migrate(args, settings)
 
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, settings)
@@ -214,6 +228,30 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
         print(f"note: {note}")
     print("OK" if result["ok"] else "problems found")
     return 0 if result["ok"] else 1
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    results = []
+    try:
+        client, embeddings = connect(settings), EmbeddingsClient(settings)
+        embeddings.embed(args.to, ["model check"], "document")  # refuse an unserved model before touching anything
+        for name in migration_plan(client, args.to, args.collection):
+            results.append(migrate_collection(client, embeddings, name, args.to, batch=args.batch,
+                                              drop_old=args.drop_old, progress=_show_progress(args)))
+            if not args.json:
+                done = results[-1]
+                print(f"{done.collection}: {done.outcome}, {done.chunks} chunks ({done.embedded} embedded now) "
+                      f"in {done.seconds:.1f} s{'; ' + done.detail if done.detail else ''}")
+    except (MigrationError, StoreError, EmbeddingsError) as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"model": args.to, "collections": [asdict(r) for r in results]}))
+    elif not results:
+        print(f"nothing to migrate: every collection is on {args.to}")
+    else:
+        print(f"Now switch Open WebUI to the same model: vector-bridge openwebui-apply --model {args.to}")
+    return 0
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
