@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--collection", action="append", help="only this collection (repeatable; default: every "
                                                             "collection embedded with another model)")
     move.add_argument("--drop-old", action="store_true", help="delete the old vectors once a swap is done")
-    move.add_argument("--batch", type=int, default=64, help="chunks per request to the embeddings server")
+    move.add_argument("--batch", type=int, default=128,
+                      help="chunks per request to the embeddings server (1-2048; larger pages sort better by length)")
     move.add_argument("--json", action="store_true")
 
     save = commands.add_parser("backup", help="write every collection of the store to one portable file")
@@ -231,6 +232,9 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.batch <= 2048:  # the embeddings API takes at most 2,048 inputs per request
+        print("vector-bridge: --batch must be between 1 and 2048", file=sys.stderr)
+        return 2
     results = []
     try:
         client, embeddings = connect(settings), EmbeddingsClient(settings)

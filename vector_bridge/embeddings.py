@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
+import numpy as np
 
 from config import Settings
 
@@ -21,9 +24,12 @@ class EmbeddingsClient:
         headers = {"Authorization": f"Bearer {settings.api_keys[0].get_secret_value()}"} if settings.api_keys else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def embed(self, model: str, texts: list[str], input_type: str) -> list[list[float]]:
+    def embed(self, model: str, texts: list[str], input_type: str) -> np.ndarray:
+        """One row per text. Asks for base64, as the official OpenAI client does: a 4,480-d hybrid vector
+        is ~90 KB of JSON floats and parsing them costs more than the forward pass."""
+        body = {"model": model, "input": texts, "input_type": input_type, "encoding_format": "base64"}
         try:
-            response = self.http.post("/embeddings", json={"model": model, "input": texts, "input_type": input_type})
+            response = self.http.post("/embeddings", json=body)
         except httpx.HTTPError as error:
             raise EmbeddingsError(f"cannot reach the embeddings server at {self.url}: {error}") from error
         if response.status_code == 404:
@@ -34,4 +40,5 @@ class EmbeddingsClient:
             except (ValueError, KeyError, TypeError):
                 message = response.text[:300]
             raise EmbeddingsError(f"embeddings server answered {response.status_code}: {message}")
-        return [item["embedding"] for item in response.json()["data"]]
+        rows = [np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in response.json()["data"]]
+        return np.stack(rows)

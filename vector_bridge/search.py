@@ -9,7 +9,7 @@ collection and a collection with no single known model is refused.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
@@ -75,7 +75,7 @@ def embedding_model(collection: Collection) -> str:
     return next(iter(models))
 
 
-def nearest_chunks(collection: Collection, vector: list[float], k: int) -> list[Hit]:
+def nearest_chunks(collection: Collection, vector: Sequence[float], k: int) -> list[Hit]:
     found = collection.query(query_embeddings=[vector], n_results=k, include=["documents", "metadatas", "distances"])
     return [Hit(chunk_id, text or "", round(1 - distance, 6), metadata or {})
             for chunk_id, text, metadata, distance in zip(found["ids"][0], found["documents"][0],
