@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "scifact"
 QUESTIONS = 25  # test questions whose abstracts are ingested, among filler abstracts
-FILLER = 100
+FILLER = 200  # "a few hundred" abstracts in all
 KNOWLEDGE = "SciFact abstracts"
 
 
