@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Iterator
 
 from config import Settings, load_settings
 from tests.servers import REPO, free_port
@@ -58,6 +60,18 @@ class Stack:
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+
+    @contextmanager
+    def running(self, logs_to: Path) -> Iterator[Stack]:
+        """Started for the block, then stopped, its logs kept in ``logs_to`` whatever the tests did."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
+            logs_to.mkdir(parents=True, exist_ok=True)
+            for log in (self.root / "logs").glob("*.log"):
+                (logs_to / log.name).write_bytes(log.read_bytes())
 
 
 def build_stack(root: Path, *, with_openwebui: bool, **overrides: object) -> Stack:

@@ -64,16 +64,9 @@ def write_abstracts(folder: Path, docs: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = build_stack(tmp_path_factory.mktemp("bridge"), with_openwebui=True)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        logs = ARTIFACTS / "logs" / "bridge"
-        logs.mkdir(parents=True, exist_ok=True)
-        for log in (running.root / "logs").glob("*.log"):
-            (logs / log.name).write_bytes(log.read_bytes())
+    built = build_stack(tmp_path_factory.mktemp("bridge"), with_openwebui=True)
+    with built.running(ARTIFACTS / "logs" / "bridge"):
+        yield built
 
 
 @pytest.fixture(scope="module")

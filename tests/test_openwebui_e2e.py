@@ -39,20 +39,13 @@ ADMIN = {"name": "Admin", "email": "admin@example.com", "password": "a-long-test
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = build_stack(tmp_path_factory.mktemp("stack"), with_openwebui=True)
+    built = build_stack(tmp_path_factory.mktemp("stack"), with_openwebui=True)
     # Open WebUI reads these only from the environment: queries and documents are told apart
     # for every model, so the hybrid model can be switched on live later in this module.
-    running.openwebui.env |= {"RAG_EMBEDDING_PREFIX_FIELD_NAME": "input_type",
-                              "RAG_EMBEDDING_QUERY_PREFIX": "query", "RAG_EMBEDDING_CONTENT_PREFIX": "document"}
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        logs = ARTIFACTS / "logs" / "openwebui-e2e"
-        logs.mkdir(parents=True, exist_ok=True)
-        for log in (running.root / "logs").glob("*.log"):
-            (logs / log.name).write_bytes(log.read_bytes())
+    built.openwebui.env |= {"RAG_EMBEDDING_PREFIX_FIELD_NAME": "input_type",
+                            "RAG_EMBEDDING_QUERY_PREFIX": "query", "RAG_EMBEDDING_CONTENT_PREFIX": "document"}
+    with built.running(ARTIFACTS / "logs" / "openwebui-e2e"):
+        yield built
 
 
 @pytest.fixture(scope="module")

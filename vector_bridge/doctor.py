@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from config import Settings
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
+from vector_bridge.migrate import migration_part
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import openwebui_environment
 from vector_bridge.store import CollectionInfo, connect, describe_all
@@ -81,6 +82,15 @@ def diagnose(facts: Facts) -> list[Finding]:
 def _collection_findings(info: CollectionInfo, expected: Expected, referenced: set[str] | None) -> list[Finding]:
     name = info.name
     found: list[Finding] = []
+    part = migration_part(name)
+    if part is not None:  # not Open WebUI's: judged as what migrate left, not by Open WebUI's model
+        kind, original = part
+        if kind == "backup":
+            return [Finding("info", f"{name}: the old vectors of {original} ({info.count} chunks), kept by "
+                                    "vector-bridge migrate", f"vector-bridge migrate --to {expected.model} "
+                                                             f"--collection {original} --drop-old", name)]
+        return [Finding("warning", f"{name}: new vectors for {original} from a migration that has not finished",
+                        "run the same vector-bridge migrate again: it resumes", name)]
     if referenced is not None and name not in referenced and name not in OPENWEBUI_COLLECTIONS:
         found.append(Finding("warning", f"{name}: no Open WebUI file or Knowledge base refers to it "
                                         f"({info.count} chunks)",

@@ -34,6 +34,7 @@ from vector_bridge.store import describe, parse_embedding_config
 
 Outcome = Literal["migrated", "already", "skipped"]
 IN_FLIGHT = 2
+MIGRATION_PART = re.compile(r"(?P<name>.+?)\.(?P<part>to|pre)\.(?P<model>[a-zA-Z0-9._-]+)")
 
 
 class MigrationError(RuntimeError):
@@ -63,6 +64,14 @@ def backup_name(name: str, model: str) -> str:
     return f"{name}.pre.{slug(model)}"
 
 
+def migration_part(name: str) -> tuple[Literal["shadow", "backup"], str] | None:
+    """For a collection migrate made: whether it is new vectors being built or old ones kept, and for which."""
+    found = MIGRATION_PART.fullmatch(name)
+    if found is None:
+        return None
+    return ("shadow" if found["part"] == "to" else "backup"), found["name"]
+
+
 def with_model(metadata: dict[str, Any] | None, model: str) -> dict[str, Any]:
     """The chunk's metadata with ``embedding_config`` naming the new model, in Open WebUI's repr style."""
     metadata = dict(metadata or {})
@@ -83,10 +92,9 @@ def plan(client: ClientAPI, model: str, only: list[str] | None) -> list[str]:
         if missing:
             raise MigrationError(f"no such collection: {', '.join(missing)}")
         return only
-    ours = re.compile(r"\.(to|pre)\.")  # our own shadows and backups are never migrated themselves
     pending = []
     for name in sorted(names):
-        if ours.search(name):
+        if migration_part(name):  # our own shadows and backups are never migrated themselves
             if name.endswith(f".to.{slug(model)}") and name.removesuffix(f".to.{slug(model)}") not in names:
                 pending.append(name.removesuffix(f".to.{slug(model)}"))  # killed between the two renames
             continue
