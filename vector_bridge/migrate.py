@@ -34,7 +34,7 @@ from vector_bridge.store import describe, parse_embedding_config
 
 Outcome = Literal["migrated", "already", "skipped"]
 IN_FLIGHT = 2
-MIGRATION_PART = re.compile(r"(?P<name>.+?)\.(?P<part>to|pre)\.(?P<model>[a-zA-Z0-9._-]+)")
+MIGRATION_PART = re.compile(r"(?P<name>.+)\.(?P<part>to|pre)\.(?P<model>[a-zA-Z0-9._-]+)")
 
 
 class MigrationError(RuntimeError):
@@ -94,9 +94,10 @@ def plan(client: ClientAPI, model: str, only: list[str] | None) -> list[str]:
         return only
     pending = []
     for name in sorted(names):
-        if migration_part(name):  # our own shadows and backups are never migrated themselves
-            if name.endswith(f".to.{slug(model)}") and name.removesuffix(f".to.{slug(model)}") not in names:
-                pending.append(name.removesuffix(f".to.{slug(model)}"))  # killed between the two renames
+        if part := migration_part(name):  # our own shadows and backups are never migrated themselves
+            kind, original = part
+            if kind == "shadow" and name == shadow_name(original, model) and original not in names:
+                pending.append(original)  # killed between the two renames
             continue
         info = describe(client.get_collection(name))
         if info.count and info.models and set(info.models) != {model} or backup_name(name, model) in names:
@@ -123,8 +124,8 @@ def migrate_collection(client: ClientAPI, embeddings: EmbeddingsClient, name: st
     shadow = client.get_or_create_collection(shadow_id, metadata=source.metadata or {"hnsw:space": "cosine"})
     embedded = 0
     # Two pages are embedding at any time, so the server has the next one queued while it answers one;
-    # pages are written in order as their vectors arrive. With pages of 128 this runs at the server's
-    # own rate (64 one at a time: 0.74x the raw model; 128 two at a time: 0.86x).
+    # pages are written in order as their vectors arrive (bench/bridge.py: pages of 64 one at a time ran
+    # at 0.62x the raw model's rate, pages of 128 two at a time at 0.72x).
     with tqdm(total=info.count, unit="chunk", desc=name[:40], disable=not progress) as bar, \
             ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
         in_flight: deque[tuple[Page, Future[np.ndarray]]] = deque()
