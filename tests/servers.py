@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from typing import Iterator
 from vector_bridge.stack import Service
 
 REPO = Path(__file__).resolve().parents[1]
+# The shared evaluation data: beside the checkout unless EVAL_DATA_DIR says where.
+EVAL = Path(os.environ.get("EVAL_DATA_DIR") or REPO.parent / "shared" / "eval")
 
 
 def free_port() -> int:

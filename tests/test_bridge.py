@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ARTIFACTS
+from tests.servers import EVAL
 from tests.stack import Stack, build_stack, nginx_available
 from vector_bridge.cli import main
 from vector_bridge.openwebui import OpenWebUIClient
@@ -30,7 +31,7 @@ from vector_bridge.store import connect
 pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
               pytest.mark.skipif(not nginx_available(), reason="nginx is installed by .ci/run")]
 
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "scifact"
+SCIFACT = EVAL / "scifact"
 QUESTIONS = 25  # test questions whose abstracts are ingested, among filler abstracts
 FILLER = 200  # "a few hundred" abstracts in all
 KNOWLEDGE = "SciFact abstracts"

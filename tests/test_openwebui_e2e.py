@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import ARTIFACTS, MODEL
+from tests.servers import EVAL
 from tests.stack import Stack, build_stack, nginx_available
 from vector_bridge.openwebui import OpenWebUIClient
 
 pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
               pytest.mark.skipif(not nginx_available(), reason="nginx is installed by .ci/run")]
 
-DOCUMENTS = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "documents"
+DOCUMENTS = EVAL / "documents"
 FILES = {
     # 261 pages: Open WebUI fires ~850 one-text requests at once, twice; none may be refused.
     "debian-reference.en.pdf": DOCUMENTS / "pdf" / "debian-reference.en.pdf",
