@@ -19,6 +19,10 @@ COPY config ./config
 COPY embed_server ./embed_server
 COPY vector_bridge ./vector_bridge
 RUN pip install . && useradd --create-home --uid 10001 app
+# The hybrid models' IDF state, owned by the server's user: an empty named volume mounted here
+# starts with this owner (Docker copies it from the image), so the server can write its state.
+RUN mkdir -p /data/state && chown 10001:10001 /data/state && chmod 700 /data/state
+ENV EMBED_STATE_DIR=/data/state
 
 USER app
 EXPOSE 8080

@@ -128,7 +128,7 @@ class ModelRegistry:
 
     async def close(self) -> None:
         for frequencies in self._hybrids:
-            frequencies.save()
+            frequencies.save_quietly()  # a full or read-only disk must not stop the shutdown
         for batcher in self._batchers:
             await batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

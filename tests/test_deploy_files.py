@@ -59,7 +59,7 @@ def test_open_webui_env_matches_what_vector_bridge_prints() -> None:
 
 def test_embed_settings_in_deploy_files_are_real_settings() -> None:
     known = {f"EMBED_{name.upper()}" for name in Settings.model_fields}
-    used = set(COMPOSE["services"]["embeddings"]["environment"]) | set(k8s_env(k8s("Deployment", "embeddings")))
+    used = set(COMPOSE["services"]["embeddings"]["environment"]) | set(k8s_env(k8s("StatefulSet", "embeddings")))
     assert {name for name in used if name.startswith("EMBED_")} <= known
     assert "EMBED_API_KEYS" in used  # keys are on wherever the server leaves this host
 
@@ -67,7 +67,7 @@ def test_embed_settings_in_deploy_files_are_real_settings() -> None:
 def test_ports_and_probes_match_the_server() -> None:
     assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_PORT"] == str(SETTINGS.port)
     assert "/ready" in COMPOSE["services"]["embeddings"]["healthcheck"]["test"][-1]
-    embeddings = container(k8s("Deployment", "embeddings"))
+    embeddings = container(k8s("StatefulSet", "embeddings"))
     assert embeddings["ports"][0]["containerPort"] == SETTINGS.port
     assert embeddings["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert embeddings["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -76,7 +76,7 @@ def test_ports_and_probes_match_the_server() -> None:
 
 
 def test_embeddings_run_as_two_replicas_with_resources() -> None:
-    deployment = k8s("Deployment", "embeddings")
+    deployment = k8s("StatefulSet", "embeddings")
     assert deployment["spec"]["replicas"] >= 2
     assert container(deployment)["resources"]["requests"]
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -104,6 +104,35 @@ def test_every_data_directory_is_a_volume() -> None:
     assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_STATE_DIR"] == "/data/state"
 
 
+def dockerfile_user_uid() -> int:
+    return int(re.search(r"useradd .*--uid (\d+) (\S+)", (REPO / "Dockerfile").read_text()).group(1))
+
+
+def test_state_folder_is_a_volume_the_image_user_owns() -> None:
+    """A named volume copies owner and mode from the image's folder: the server's user must own it."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    state = COMPOSE["services"]["embeddings"]["environment"]["EMBED_STATE_DIR"]
+    uid = dockerfile_user_uid()
+    before_user = dockerfile[: dockerfile.index("\nUSER ")]
+    assert re.search(rf"mkdir -p {state}\b.*chown {uid}:{uid} {state}\b", before_user)
+    assert f"ENV EMBED_STATE_DIR={state}" in dockerfile
+    assert any(volume.split(":")[1] == state and volume.split(":")[0] in COMPOSE["volumes"]
+               for volume in COMPOSE["services"]["embeddings"]["volumes"])
+
+
+def test_k8s_state_is_a_persistent_volume_per_replica_the_user_can_write() -> None:
+    statefulset = k8s("StatefulSet", "embeddings")
+    pod = statefulset["spec"]["template"]["spec"]
+    state = k8s_env(statefulset)["EMBED_STATE_DIR"]
+    assert not state.startswith("/tmp")
+    [mount] = [m for m in container(statefulset)["volumeMounts"] if m["mountPath"] == state]
+    claims = {t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]}
+    assert mount["name"] in claims and mount["name"] not in {v["name"] for v in pod.get("volumes", [])}
+    uid = dockerfile_user_uid()
+    assert pod["securityContext"]["runAsUser"] == uid and pod["securityContext"]["fsGroup"] == uid
+    assert k8s("Service", statefulset["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+
+
 def test_dockerfile_runs_non_root_with_a_healthcheck() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
@@ -120,7 +149,6 @@ def test_kustomization_lists_every_manifest() -> None:
         assert (DEPLOY / entry).is_file()
 
 
-@pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()), reason="needs nginx")
 def test_the_proxy_template_is_valid_nginx(tmp_path: Path) -> None:
     for folder in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp_path / folder).mkdir()

@@ -7,6 +7,8 @@ vector in every process and after every restart: Python's own ``hash`` is salted
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import math
 import re
 import threading
@@ -15,6 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from embed_server.state_file import StateFileError, read_locked, remove_stale_temporaries, set_aside, write_atomic
+
+log = logging.getLogger(__name__)
 
 _CJK = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff"
 _TOKEN = re.compile(f"[{_CJK}]+|[^\\W_{_CJK}]+")
@@ -92,11 +98,17 @@ class HashedLexicalEncoder:
         return vector
 
 
+class CorruptState(ValueError):
+    """A document-frequency file that does not parse or does not hold what it should."""
+
+
 class DocumentFrequencies:
     """How many distinct documents have each slot: the query side's IDF, learned from the documents
     this server embeds. Stored document vectors never depend on it, so it may change freely.
 
-    Kept in ``path`` (written atomically), so a restart does not forget it.
+    Kept in ``path`` across restarts. The file is only ever a cache of what was learned: a damaged
+    one is set aside and learning starts again, so it can never stop a model from serving.
+    Saving happens on a background thread (it fsyncs, which must not block the event loop).
     """
 
     def __init__(self, dim: int, path: Path | None, save_every: int = 1000) -> None:
@@ -108,7 +120,9 @@ class DocumentFrequencies:
         self._seen: set[bytes] = set()
         self._unsaved = 0
         self._lock = threading.Lock()
-        if path is not None and path.exists():
+        self._saving = threading.Lock()  # one save at a time per instance; the file lock covers the rest
+        if path is not None:
+            remove_stale_temporaries(path)
             self._load(path)
 
     def add(self, text: str, slots: dict[int, float]) -> None:
@@ -122,8 +136,8 @@ class DocumentFrequencies:
             self.documents += 1
             self._unsaved += 1
             due = self.path is not None and self._unsaved >= self.save_every
-        if due:
-            self.save()
+        if due and not self._saving.locked():
+            threading.Thread(target=self.save_quietly, name="idf-save", daemon=True).start()
 
     def idf(self) -> np.ndarray:
         """BM25's IDF per slot; all ones until documents have been seen."""
@@ -134,21 +148,60 @@ class DocumentFrequencies:
         return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
 
     def save(self) -> None:
+        """Write the state atomically. Raises StateFileError when the disk refuses."""
         if self.path is None:
             return
-        with self._lock:
-            counts, documents = self.counts.copy(), self.documents
-            seen = np.frombuffer(b"".join(sorted(self._seen)), dtype=np.uint8).reshape(-1, 12)
-            self._unsaved = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial.npz")
-        np.savez(partial, counts=counts, documents=documents, seen=seen, dim=self.dim)
-        partial.replace(self.path)
+        with self._saving:
+            with self._lock:
+                counts, documents, unsaved = self.counts.copy(), self.documents, self._unsaved
+                seen = np.frombuffer(b"".join(sorted(self._seen)), dtype=np.uint8).reshape(-1, 12)
+                self._unsaved = 0
+            buffer = io.BytesIO()
+            np.savez(buffer, counts=counts, documents=documents, seen=seen, dim=self.dim)
+            try:
+                write_atomic(self.path, buffer.getvalue())
+            except StateFileError:
+                with self._lock:
+                    self._unsaved += unsaved  # try again at the next occasion
+                raise
+
+    def save_quietly(self) -> bool:
+        """Save, logging instead of raising: losing IDF state must never fail a request or a shutdown."""
+        try:
+            self.save()
+        except StateFileError as error:
+            log.error("could not save document frequencies",
+                      extra={"event": "state_save_failed", "path": str(self.path), "error": str(error)})
+            return False
+        return True
 
     def _load(self, path: Path) -> None:
-        with np.load(path) as data:
-            if int(data["dim"]) != self.dim:
-                return  # another lexical size: start afresh rather than mix slots
-            self.counts = data["counts"].astype(np.int64)
-            self.documents = int(data["documents"])
-            self._seen = {bytes(row) for row in data["seen"]}
+        try:
+            data = read_locked(path)
+            if data is None:
+                return
+            counts, documents, seen, dim = _parse(data)
+        except (OSError, CorruptState) as error:
+            set_aside(path, f"{type(error).__name__}: {error}")
+            return
+        if dim != self.dim:
+            # Another lexical size: start afresh rather than mix slots (the next save replaces it).
+            log.info("document frequencies were for another lexical size; starting afresh",
+                     extra={"event": "state_dimension_changed", "path": str(path), "found": dim, "expected": self.dim})
+            return
+        self.counts, self.documents, self._seen = counts, documents, seen
+
+
+def _parse(data: bytes) -> tuple[np.ndarray, int, set[bytes], int]:
+    """counts, documents, seen digests and dimension from a saved file, checked for consistency."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            counts, documents = archive["counts"], int(archive["documents"])
+            seen, dim = archive["seen"], int(archive["dim"])
+    except Exception as error:  # numpy and zipfile raise many types for damaged archives
+        raise CorruptState(f"unreadable archive ({type(error).__name__}: {error})") from error
+    if counts.shape != (dim,) or counts.dtype.kind not in "iu" or seen.ndim != 2 or seen.shape[1:] != (12,):
+        raise CorruptState("arrays have the wrong shape or type")
+    if documents != len(seen) or (counts < 0).any() or (dim and counts.max(initial=0) > documents):
+        raise CorruptState("counts do not agree with the number of documents")
+    return counts.astype(np.int64), documents, {bytes(row) for row in seen}, dim
