@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+from chromadb.api.models.Collection import Collection
 
 from config import Settings, load_settings
-from tests.servers import free_port
+from tests.servers import REPO, free_port
 from vector_bridge.cli import main
 from vector_bridge.stack import Service, chroma_service
 from vector_bridge.store import connect
@@ -135,3 +141,146 @@ def test_a_cut_or_failed_backup_never_passes_for_a_good_one(chroma, tmp_path: Pa
     assert main(["backup", str(good)]) == 1
     assert "cannot reach Chroma" in capsys.readouterr().err
     assert good.read_bytes() == content and not list(tmp_path.glob("*.partial"))
+
+
+def test_backup_files_are_private_from_the_first_byte(chroma, tmp_path: Path) -> None:
+    settings, _ = chroma
+    fill_like_open_webui(settings)
+    file = tmp_path / "store.vbak"
+    stale = tmp_path / "store.vbak.partial"  # a killed run's leftover, readable by all
+    stale.write_bytes(b"old")
+    stale.chmod(0o644)
+    assert main(["backup", str(file)]) == 0
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600 and not stale.exists()
+
+
+def test_chunks_deleted_during_a_backup_fail_it_loudly(chroma, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    settings, _ = chroma
+    fill_like_open_webui(settings)
+    original_get = Collection.get
+
+    def get_then_delete(self: Collection, *args, **kwargs):  # Open WebUI removes a file right after the id list
+        page = original_get(self, *args, **kwargs)
+        if kwargs.get("include") == [] and kwargs.get("ids") is None and len(page["ids"]) > 1000:
+            self.delete(ids=page["ids"][-5:])
+        return page
+
+    monkeypatch.setattr(Collection, "get", get_then_delete)
+    file = tmp_path / "store.vbak"
+    assert main(["backup", str(file)]) == 1
+    assert "5 chunks were deleted while it was being backed up" in capsys.readouterr().err
+    assert not file.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_chunks_added_during_a_backup_wait_for_the_next_one(chroma, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = chroma
+    fill_like_open_webui(settings)
+    before = snapshot(settings)
+    original_get = Collection.get
+
+    def get_then_add(self: Collection, *args, **kwargs):
+        page = original_get(self, *args, **kwargs)
+        if kwargs.get("include") == [] and kwargs.get("ids") is None:
+            self.add(ids=["added-meanwhile"], embeddings=[[0.1] * 384], documents=["new"], metadatas=[{"a": 1}])
+        return page
+
+    monkeypatch.setattr(Collection, "get", get_then_add)
+    file = tmp_path / "store.vbak"
+    assert main(["backup", str(file)]) == 0
+    monkeypatch.setattr(Collection, "get", original_get)
+    wipe(settings)
+    assert main(["restore", str(file)]) == 0
+    assert_identical(before, snapshot(settings))
+
+
+# Restore in a subprocess that SIGKILLs itself at the N-th call of a Chroma operation.
+KILLER = """
+import os, signal, sys
+from chromadb.api.client import Client
+from chromadb.api.models.Collection import Collection
+from vector_bridge.cli import main
+
+operation, when, nth, file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+owner = Client if operation == "delete_collection" else Collection
+original, calls = getattr(owner, operation), [0]
+
+def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == nth and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = original(*args, **kwargs)
+    if calls[0] == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+setattr(owner, operation, wrapped)
+sys.exit(main(["restore", file, "--replace"]))
+"""
+KILL_POINTS = [
+    ("add", "after", 1),                # the first collection half built
+    ("modify", "before", 1),            # built and verified, not swapped
+    ("modify", "after", 1),             # between the two renames
+    ("modify", "after", 2),             # swapped, old data not dropped yet
+    ("delete_collection", "after", 1),  # first collection done, the second not started
+    ("add", "before", 3),               # the second collection (absent before) being built
+]
+
+
+def wipe(settings: Settings) -> None:
+    client = connect(settings)
+    for collection in client.list_collections():
+        client.delete_collection(collection.name)
+
+
+def contents(state: dict, name: str) -> tuple | None:
+    return (state[name]["ids"], state[name]["documents"], state[name]["metadatas"]) if name in state else None
+
+
+def change_store(settings: Settings) -> None:
+    """What Open WebUI does after a backup: chunks deleted, added and edited, a file removed, a new one."""
+    client = connect(settings)
+    collections = sorted(client.list_collections(), key=lambda c: -c.count())
+    big, small = collections[0], collections[1]
+    ids = sorted(big.get(include=[])["ids"])
+    big.delete(ids=ids[:100])
+    big.update(ids=ids[100:110], documents=[f"edited {i}" for i in range(10)], embeddings=np.ones((10, 384), np.float32))
+    big.add(ids=[f"new-{i}" for i in range(50)], embeddings=np.ones((50, 384), np.float32),
+            documents=["new"] * 50, metadatas=[{"embedding_config": CONFIG}] * 50)
+    client.delete_collection(small.name)
+    client.create_collection("file-not-in-the-backup").add(ids=["x"], embeddings=[[1.0] * 384], documents=["x"])
+
+
+@pytest.mark.parametrize("operation,when,nth", KILL_POINTS)
+def test_restore_replace_killed_anywhere_loses_nothing_and_a_rerun_finishes(
+        chroma, tmp_path: Path, operation: str, when: str, nth: int) -> None:
+    settings, _ = chroma
+    fill_like_open_webui(settings)
+    new = snapshot(settings)
+    backup_file = tmp_path / "store.vbak"
+    assert main(["backup", str(backup_file)]) == 0
+    change_store(settings)
+    old = snapshot(settings)
+    assert {n: contents(old, n) for n in new} != {n: contents(new, n) for n in new}
+
+    killed = subprocess.run([sys.executable, "-c", KILLER, operation, when, str(nth), str(backup_file)],
+                            cwd=REPO, env={**os.environ, "EMBED_CHROMA_PORT": str(settings.chroma_port)},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    after = snapshot(settings)
+    for name in new:
+        if name in after:  # the original name holds all the old data or all the new, never a mix
+            assert contents(after, name) in (contents(old, name), contents(new, name)), name
+        elif contents(old, name) is not None:  # killed between the two renames: both kept, named
+            assert contents(after, name + ".replaced") == contents(old, name)
+            assert contents(after, name + ".restoring") == contents(new, name)
+    assert contents(after, "file-not-in-the-backup") == contents(old, "file-not-in-the-backup")
+    if (operation, when, nth) == ("modify", "after", 1):  # the window this test is about did happen
+        assert any(name + ".replaced" in after for name in new)
+
+    assert main(["restore", str(backup_file), "--replace"]) == 0
+    final = snapshot(settings)
+    assert sorted(final) == sorted([*new, "file-not-in-the-backup"])  # no temporary collection left
+    assert_identical(new, {name: final[name] for name in new})
