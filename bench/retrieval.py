@@ -39,20 +39,42 @@ class DataSet:
     query_ids: list[str]
     queries: list[str]
     qrels: dict[str, dict[str, int]]
+    # Real corpora hold blank documents and queries: the API refuses empty input (400), so they are
+    # left out and counted. A relevant document left out stays in qrels: no system can find it.
+    skipped_documents: int = 0
+    skipped_queries: int = 0
+    unreachable_relevant: int = 0  # relevance judgements pointing at a skipped document
+
+
+class EmptyDataSet(ValueError):
+    """Nothing left to evaluate once blank documents or queries are skipped."""
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
 def load(folder: Path, max_queries: int | None) -> DataSet:
-    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
+    corpus = _jsonl(folder / "corpus.jsonl")
     qrels: dict[str, dict[str, int]] = {}
     for line in list((folder / "qrels" / "test.tsv").open())[1:]:
         query, doc, score = line.rstrip("\n").split("\t")
         if int(score) > 0:
             qrels.setdefault(query, {})[doc] = int(score)
-    queries = [q for q in map(json.loads, (folder / "queries.jsonl").open()) if q["_id"] in qrels][:max_queries]
+    texts = {c["_id"]: f"{c.get('title') or ''} {c.get('text') or ''}".strip() for c in corpus}
+    kept = {doc_id: text for doc_id, text in texts.items() if text}
+    judged = [q for q in _jsonl(folder / "queries.jsonl") if q["_id"] in qrels]
+    queries = [q for q in judged if (q.get("text") or "").strip()][:max_queries]
+    if not kept or not queries:
+        raise EmptyDataSet(f"{folder}: {len(kept)} non-blank documents and {len(queries)} non-blank judged queries")
+    asked = {q["_id"] for q in queries}
     return DataSet(
-        folder.name,
-        [c["_id"] for c in corpus], [f"{c.get('title', '')} {c['text']}".strip() for c in corpus],
+        folder.name, list(kept), list(kept.values()),
         [q["_id"] for q in queries], [q["text"] for q in queries], qrels,
+        skipped_documents=len(texts) - len(kept),
+        skipped_queries=len(judged) - len([q for q in judged if (q.get("text") or "").strip()]),
+        unreachable_relevant=sum(1 for query, docs in qrels.items() if query in asked
+                                 for doc in docs if doc not in kept),
     )
 
 
@@ -121,7 +143,9 @@ def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str
     queries = asyncio.run(embed_all(url, model, data.queries, "query"))
     ndcg, recall = metrics(exact_rankings(queries, docs), data)
     result = {"data": data.name, "model": model, "ndcg@10": round(ndcg, 4), "recall@100": round(recall, 4),
-              "dim": int(docs.shape[1]), "docs_per_s": round(docs_per_s, 1), "queries": len(data.queries)}
+              "dim": int(docs.shape[1]), "docs_per_s": round(docs_per_s, 1), "queries": len(data.queries),
+              "documents": len(data.docs), "skipped_documents": data.skipped_documents,
+              "skipped_queries": data.skipped_queries, "unreachable_relevant": data.unreachable_relevant}
     if chroma is not None:
         c_ndcg, c_recall = metrics(chroma_rankings(chroma, f"bench-{abs(hash(model)) % 10**8}", queries, docs), data)
         result |= {"chroma_ndcg@10": round(c_ndcg, 4), "chroma_recall@100": round(c_recall, 4)}
@@ -135,6 +159,11 @@ def print_table(results: list[dict]) -> None:
         print(f"| {r['data']} | {r['model']} | {r['ndcg@10']:.3f} | {r['recall@100']:.3f} | "
               f"{r.get('chroma_ndcg@10', float('nan')):.3f} | {r.get('chroma_recall@100', float('nan')):.3f} | "
               f"{r['dim']} | {r['docs_per_s']:.1f} |")
+    for data in dict.fromkeys(r["data"] for r in results):
+        r = next(r for r in results if r["data"] == data)
+        if r["skipped_documents"] or r["skipped_queries"]:
+            print(f"\n{data}: skipped {r['skipped_documents']} blank documents and {r['skipped_queries']} blank "
+                  f"queries ({r['unreachable_relevant']} relevance judgements point at a skipped document)")
 
 
 def main() -> None:
