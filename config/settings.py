@@ -8,6 +8,7 @@ Values come, highest priority first, from keyword arguments, environment variabl
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -59,6 +60,16 @@ class ModelSpec(BaseModel):
         return [self.id, *self.aliases]
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def read_models_file(path: Path) -> list[ModelSpec]:
     with path.open("rb") as file:
         data = tomllib.load(file)
@@ -84,9 +95,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     api_keys: Annotated[list[SecretStr], NoDecode] = []
+    api_keys_file: Path | None = Field(default=None, description="A file of API keys (one per line or "
+                                       "comma-separated), e.g. a Docker or Kubernetes secret; added to api_keys.")
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default=[], description="Keys that may search any raw Chroma collection through /v1/search. Everyone "
+        "else searches as their Open WebUI user, with their own Open WebUI key.")
+    allow_unauthenticated: bool = Field(default=False, description="Serve beyond loopback with no API keys. "
+                                        "Anyone who reaches the port can then use the server.")
     rate_limit: str | None = Field(
         default=None, description="Per API key, in the `limits` notation, e.g. '600/minute'."
     )
+    auth_failure_limit: str = Field(default="20/minute", description="Failed key checks a client address may "
+                                    "make before it gets 429s (`limits` notation).")
+    access_cache_seconds: float = Field(default=5.0, ge=0, description="How long a caller's readable "
+                                        "Knowledge bases, as Open WebUI answered, are reused.")
     max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     log_level: str = "info"
     log_format: Literal["json", "text"] = "json"
@@ -110,6 +132,8 @@ class Settings(BaseSettings):
     max_queued_texts: int = Field(default=8192, gt=0)
     retry_after_seconds: int = Field(default=2, ge=1)
     cache_size: int = Field(default=50_000, ge=0, description="Embeddings kept in memory; 0 turns the cache off.")
+    cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="Memory the embedding cache may hold "
+                             "(vectors and their texts); 0 turns the cache off.")
 
     # The shared Chroma store (vector_bridge). The chromadb 1.x server has no auth of its own:
     # beyond this host, put the token-checking proxy of deploy/ in front and set chroma_token.
@@ -144,10 +168,31 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return (self.public_url or f"http://{host}:{self.port}").rstrip("/") + "/v1"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
+
+    @model_validator(mode="after")
+    def _keys_from_file(self) -> "Settings":
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as error:
+                raise ValueError(f"api_keys_file {self.api_keys_file} cannot be read: {error.strerror}") from None
+            keys = _split_keys(text.replace("\n", ","))
+            if not keys:
+                raise ValueError(f"api_keys_file {self.api_keys_file} holds no key")
+            self.api_keys = [*self.api_keys, *map(SecretStr, keys)]
+        return self
+
+    def exposure_problem(self) -> str | None:
+        """Why serving with these settings would open the server to anyone on the network, or None."""
+        if self.api_keys or self.allow_unauthenticated or is_loopback(self.host):
+            return None
+        return (f"refusing to listen on {self.host} with no API keys: anyone who reaches that address could "
+                "use the server. Set EMBED_API_KEYS (or EMBED_API_KEYS_FILE), listen on 127.0.0.1, or set "
+                "EMBED_ALLOW_UNAUTHENTICATED=true to accept an open server.")
 
     @model_validator(mode="after")
     def _default_models(self) -> "Settings":

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from config import Settings, load_settings
 from embed_server import __version__
-from embed_server.auth import KeyGuard
+from embed_server.auth import AccessGate, FailedAttempts, KeyGuard, KeySet
 from embed_server.errors import install_error_handlers
 from embed_server.metrics import Metrics
 from embed_server.middleware import RequestGuard
@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loading.cancel()
             await registry.close()
+            access = getattr(app.state, "knowledge_access", None)
+            if access is not None:
+                await access.aclose()
 
     app = FastAPI(
         title="Local embeddings server",
@@ -44,14 +47,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.started = int(time.time())
-    app.state.key_guard = KeyGuard([key.get_secret_value() for key in settings.api_keys], settings.rate_limit)
+    keys = KeyGuard([key.get_secret_value() for key in settings.api_keys], settings.rate_limit)
+    app.state.failed_attempts = FailedAttempts(settings.auth_failure_limit)
+    app.state.admin_keys = KeySet([key.get_secret_value() for key in settings.admin_keys])
     install_error_handlers(app)
     app.include_router(embeddings.router)
     app.include_router(rerank.router)
     app.include_router(search.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes,
+                       gate=AccessGate(keys, app.state.failed_attempts))
     app.openapi = lambda: _openapi_with_served_models(app)  # type: ignore[method-assign]
     return app
 

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ValidationError, FileNotFoundError, ValueError) as error:
         print(f"embed-server: invalid settings: {error}", file=sys.stderr)
         raise SystemExit(2) from error
+    problem = settings.exposure_problem()
+    if problem:
+        print(f"embed-server: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     configure_logging(settings.log_level, settings.log_format)
     # Fewer tokenizer threads than cores: the model's forward pass needs them.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

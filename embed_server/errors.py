@@ -39,6 +39,12 @@ class AuthenticationFailed(APIError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(APIError):
+    status_code = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class ModelNotFound(APIError):
     status_code = 404
     type = "invalid_request_error"

@@ -1,4 +1,4 @@
-"""ASGI middleware: request size limit, request metrics and the access log."""
+"""ASGI middleware: access check, request size limit, request metrics and the access log."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import time
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embed_server.errors import error_body
+from embed_server.auth import AccessGate
+from embed_server.errors import APIError, RequestTooLarge, error_body
 from embed_server.metrics import Metrics
 
 log = logging.getLogger("embed_server.access")
 
-ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/models", "/health", "/ready", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/search", "/v1/models", "/health", "/ready", "/metrics")
 
 
 def client_family(headers: dict[bytes, bytes]) -> str:
@@ -37,14 +38,19 @@ def route_label(path: str) -> str:
 
 
 class RequestGuard:
-    """Refuses bodies over ``max_bytes`` with 413, then counts and logs every request."""
+    """Refuses requests the access gate refuses (before a byte of their body is read) and bodies over
+    ``max_bytes`` with 413, then counts and logs every request."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_bytes: int, gate: AccessGate) -> None:
         self.app = app
         self.metrics = metrics
         self.max_bytes = max_bytes
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -59,9 +65,15 @@ class RequestGuard:
             await send(message)
 
         try:
+            client_host = scope["client"][0] if scope.get("client") else None
+            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+            refusal = self.gate.refusal(scope["path"], authorization, client_host)
+            if refusal is not None:
+                await _send_error(send_and_record, refusal)
+                return
             body_receive = await self._bounded_receive(headers, receive)
             if body_receive is None:
-                await self._too_large(send_and_record)
+                await _send_error(send_and_record, RequestTooLarge(f"Request body is larger than {self.max_bytes} bytes."))
             else:
                 await self.app(scope, body_receive, send_and_record)
         finally:
@@ -75,6 +87,16 @@ class RequestGuard:
                 extra={"method": scope["method"], "path": scope["path"], "status": status,
                        "duration_ms": round(elapsed * 1000, 2), "client": client},
             )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        client_host = scope["client"][0] if scope.get("client") else None
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        if self.gate.refusal(scope["path"], authorization, client_host) is None:
+            await self.app(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008})  # policy violation
 
     async def _bounded_receive(self, headers: dict[bytes, bytes], receive: Receive) -> Receive | None:
         """``receive`` itself when the declared length fits; a replay of the read body otherwise.
@@ -109,10 +131,12 @@ class RequestGuard:
 
         return replay
 
-    async def _too_large(self, send: Send) -> None:
-        body = orjson.dumps(error_body(f"Request body is larger than {self.max_bytes} bytes.",
-                                       "invalid_request_error", code="request_too_large"))
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+
+async def _send_error(send: Send, error: APIError) -> None:
+    """An OpenAI-shaped error, sent without reading the request body; the connection closes after it."""
+    body = orjson.dumps(error_body(error.message, error.type, param=error.param, code=error.code))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

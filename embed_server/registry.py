@@ -39,6 +39,10 @@ class ModelRegistry:
         self._hybrids: list[DocumentFrequencies] = []
         self.load_error: str | None = None
         self.ready = False
+        # One cache for every model (its keys name the model), so its byte bound is the server's.
+        self.cache = EmbeddingCache(settings.cache_size, settings.cache_bytes)
+        metrics.cache_bytes.set_function(lambda: self.cache.bytes)
+        metrics.cache_entries.set_function(lambda: len(self.cache))
 
     async def load(self) -> None:
         """Load every model, then start its batcher. Failures are kept for /ready and /health."""
@@ -80,7 +84,7 @@ class ModelRegistry:
     def _add(self, spec: ModelSpec, backend: TransformerBackend) -> None:
         s = self.settings
         embedder = Embedder(
-            spec, backend, self._batcher(spec, backend), EmbeddingCache(s.cache_size), self.metrics,
+            spec, backend, self._batcher(spec, backend), self.cache, self.metrics,
             truncate=s.truncate, token_ids=s.token_ids,
         )
         for name in spec.names:
@@ -108,7 +112,7 @@ class ModelRegistry:
 
     def _not_ready(self, spec: ModelSpec) -> NotReady:
         if self.load_error:
-            return NotReady(f"The server could not load its models: {self.load_error}")
+            return NotReady("The server could not load its models; its log says why.")
         return NotReady(f"The model '{spec.id}' is still loading. Retry shortly.", headers={"Retry-After": "5"})
 
     def get_reranker(self, name: str) -> CrossEncoderReranker | EmbeddingReranker:

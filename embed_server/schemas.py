@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, field_validator, model_validator
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
+MAX_TOKEN_IDS = 8192  # OpenAI's limit per input; more ids than that would only be decoded to be cut
 
 
 def _integral(value: Any) -> Any:
@@ -26,17 +27,23 @@ def _check_input(value: Any) -> Any:
         raise ValueError("must be a string, an array of strings, an array of token ids or an array of arrays of token ids")
     if not value:
         raise ValueError("the input must not be an empty array")
-    if len(value) > MAX_INPUTS:
-        raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
     first = value[0]
+    flat_ids = isinstance(first, int) and not isinstance(first, bool)
+    if len(value) > MAX_INPUTS and not flat_ids:
+        raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
     if isinstance(first, str):
         kind, check = "strings", lambda item: isinstance(item, str) and item != ""
-    elif isinstance(first, int) and not isinstance(first, bool):
+    elif flat_ids:
         kind, check = "token ids", _is_token_id
     elif isinstance(first, list):
         kind, check = "arrays of token ids", lambda item: isinstance(item, list) and item and all(map(_is_token_id, item))
+        for index, item in enumerate(value):
+            if isinstance(item, list) and len(item) > MAX_TOKEN_IDS:
+                raise ValueError(f"item {index} has {len(item)} token ids; at most {MAX_TOKEN_IDS} per input")
     else:
         raise ValueError("items must be strings, token ids or arrays of token ids")
+    if kind == "token ids" and len(value) > MAX_TOKEN_IDS:
+        raise ValueError(f"the input has {len(value)} token ids; at most {MAX_TOKEN_IDS} per input")
     for index, item in enumerate(value):
         if not check(item):
             raise ValueError(f"item {index} is not valid in an array of {kind} (empty, negative or of another type)")
@@ -45,7 +52,7 @@ def _check_input(value: Any) -> Any:
 
 Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
 TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]
-TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
 
 
 def _is_token_id(item: Any) -> bool:
@@ -59,7 +66,7 @@ class EmbeddingRequest(BaseModel):
     input: Union[
         Text,
         Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)],
-        Annotated[TokenIds, Field(max_length=MAX_INPUTS)],
+        TokenIds,
         Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)],
     ] = Field(
         description="Text or token ids to embed: a string, up to 2048 strings, token ids, or arrays of token ids."

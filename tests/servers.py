@@ -23,12 +23,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def embed_server(log_dir: Path, name: str = "embed", **env: str) -> Iterator[str]:
-    """An ``embed-server`` process with extra ``EMBED_*`` settings; yields its base URL."""
+def embed_server(log_dir: Path, name: str = "embed", host: str = "127.0.0.1", **env: str) -> Iterator[str]:
+    """An ``embed-server`` process listening on ``host`` with extra ``EMBED_*`` settings; yields its base URL."""
     port = free_port()
     state = log_dir.parent / "state" / f"{name}-{port}"
     environment = {"HF_HUB_OFFLINE": "1", "EMBED_PORT": str(port), "EMBED_STATE_DIR": str(state), **env}
-    service = Service(name, [sys.executable, "-m", "embed_server.cli", "--host", "127.0.0.1"],
+    service = Service(name, [sys.executable, "-m", "embed_server.cli", "--host", host],
                       f"http://127.0.0.1:{port}/ready", log_dir / f"{name}-{port}.log", env=environment)
     try:
         service.spawn()

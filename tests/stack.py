@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -17,13 +18,21 @@ from vector_bridge.stack import Service, chroma_service, embed_service, openwebu
 NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "chroma-auth.conf.template"
 
 
-def nginx_service(root: Path, listen_port: int, upstream_port: int, token: str) -> Service:
-    prefix = root / "nginx"
+def render_proxy_config(prefix: Path, listen_port: int, upstream_port: int, token: str) -> Path:
+    """The shipped template, filled in as compose's and k8s' envsubst fill it."""
+    if not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
+        raise ValueError("a Chroma token may hold only letters, digits and - . _ ~")
     for folder in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / folder).mkdir(parents=True, exist_ok=True)
     config = prefix / "nginx.conf"
     config.write_text(Template(NGINX_TEMPLATE.read_text()).safe_substitute(
         LISTEN=f"127.0.0.1:{listen_port}", UPSTREAM=f"127.0.0.1:{upstream_port}", CHROMA_TOKEN=token, PREFIX=prefix))
+    return config
+
+
+def nginx_service(root: Path, listen_port: int, upstream_port: int, token: str) -> Service:
+    prefix = root / "nginx"
+    config = render_proxy_config(prefix, listen_port, upstream_port, token)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     return Service("nginx", [nginx, "-p", str(prefix), "-c", str(config), "-g", "daemon off;"],
                    # The heartbeat answers 401 without the token; the service is up when it answers at all.
@@ -90,9 +99,5 @@ def build_stack(root: Path, *, with_openwebui: bool, **overrides: object) -> Sta
     if with_openwebui:
         stack.openwebui = openwebui_service(public)
     return stack
-
-
-def nginx_available() -> bool:
-    return shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
 
 

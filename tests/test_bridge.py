@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,13 +24,12 @@ import pytest
 
 from tests.conftest import ARTIFACTS
 from tests.servers import EVAL
-from tests.stack import Stack, build_stack, nginx_available
+from tests.stack import Stack, build_stack
 from vector_bridge.cli import main
 from vector_bridge.openwebui import OpenWebUIClient
 from vector_bridge.store import connect
 
-pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
-              pytest.mark.skipif(not nginx_available(), reason="nginx is installed by .ci/run")]
+pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
 
 SCIFACT = EVAL / "scifact"
 QUESTIONS = 25  # test questions whose abstracts are ingested, among filler abstracts
@@ -63,9 +63,22 @@ def write_abstracts(folder: Path, docs: list[dict]) -> None:
         (folder / f"{doc['_id']}.txt").write_text(f"{doc['title']}\n\n{doc['text']}", encoding="utf-8")
 
 
+EMBED_KEY = secrets.token_hex(24)
+ADMIN_KEY = secrets.token_hex(24)
+ADMIN_PASSWORD = "a-long-test-password"
+# Every secret this module configures or receives; none may show in a log line or CLI output.
+SECRETS: set[str] = {EMBED_KEY, ADMIN_KEY, ADMIN_PASSWORD}
+CLI_OUTPUT: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    built = build_stack(tmp_path_factory.mktemp("bridge"), with_openwebui=True)
+    built = build_stack(tmp_path_factory.mktemp("bridge"), with_openwebui=True, api_keys=[EMBED_KEY],
+                        admin_keys=[ADMIN_KEY])
+    # Users who may create Knowledge bases and API keys of their own, as a team's admin would allow.
+    built.openwebui.env |= {"ENABLE_API_KEYS": "true", "USER_PERMISSIONS_FEATURES_API_KEYS": "true",
+                            "USER_PERMISSIONS_WORKSPACE_KNOWLEDGE_ACCESS": "true"}
+    SECRETS.update({built.settings.chroma_token.get_secret_value(), built.openwebui.env["WEBUI_SECRET_KEY"]})
     with built.running(ARTIFACTS / "logs" / "bridge"):
         yield built
 
@@ -74,11 +87,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def environment(stack: Stack) -> Iterator[dict[str, str]]:
     """The environment a user gives the CLI: the store (through the proxy), our server, Open WebUI + token."""
     admin = OpenWebUIClient(stack.settings.openwebui_url)
-    token = admin.sign_up("Admin", "admin@example.com", "a-long-test-password")["token"]
+    token = admin.sign_up("Admin", "admin@example.com", ADMIN_PASSWORD)["token"]
+    SECRETS.add(token)
     env = {"EMBED_PORT": str(stack.settings.port), "EMBED_CHROMA_PORT": str(stack.settings.chroma_port),
            "EMBED_CHROMA_TOKEN": stack.settings.chroma_token.get_secret_value(),
-           "OPENWEBUI_URL": stack.settings.openwebui_url, "OPENWEBUI_API_KEY": token}
-    # The server's /v1/search looks Knowledge names up in Open WebUI with a key of its own.
+           "OPENWEBUI_URL": stack.settings.openwebui_url, "OPENWEBUI_API_KEY": token, "EMBED_API_KEYS": EMBED_KEY}
+    # For admin-key callers, the server's /v1/search looks Knowledge names up with an Open WebUI key of its own.
     stack.embed.env["OPENWEBUI_API_KEY"] = token
     stack.restart(stack.embed)
     with pytest.MonkeyPatch.context() as patch:
@@ -95,6 +109,7 @@ def sample() -> tuple[dict[str, str], dict[str, dict], dict[str, set[str]]]:
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | None, str]:
     code = main([*args, "--json"])
     captured = capsys.readouterr()
+    CLI_OUTPUT.extend((captured.out, captured.err))
     return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
 
 
@@ -151,18 +166,25 @@ def test_search_route_answers_like_the_cli(environment, ingested, sample, capsys
     questions, _, _ = sample
     question = next(iter(questions.values()))
     _, cli, _ = run_cli(capsys, "search", question, "--knowledge", KNOWLEDGE, "-k", "3")
-    base = f"http://127.0.0.1:{environment['EMBED_PORT']}"
-    answer = httpx.post(f"{base}/v1/search", json={"knowledge": KNOWLEDGE, "query": question, "k": 3}, timeout=60)
+    search = search_as(environment, environment["OPENWEBUI_API_KEY"])  # the Open WebUI admin's own token
+    answer = search({"knowledge": KNOWLEDGE, "query": question, "k": 3})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["collection"] == cli["collection"] and body["model"] == cli["model"]
     assert [hit["id"] for hit in body["data"]] == [hit["id"] for hit in cli["hits"]]
     assert np.allclose([h["score"] for h in body["data"]], [h["score"] for h in cli["hits"]], atol=1e-4)
 
-    unknown = httpx.post(f"{base}/v1/search", json={"knowledge": "no such base", "query": "x"}, timeout=60)
+    unknown = search({"knowledge": "no such base", "query": "x"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "collection_not_found"
-    both = httpx.post(f"{base}/v1/search", json={"knowledge": KNOWLEDGE, "collection": "c", "query": "x"}, timeout=60)
+    both = search({"knowledge": KNOWLEDGE, "collection": "c", "query": "x"})
     assert both.status_code == 400 and "exactly one" in both.json()["error"]["message"]
+
+
+def search_as(environment: dict[str, str], credential: str | None):
+    """POST /v1/search with ``credential`` as the Bearer token (none: no Authorization header)."""
+    headers = {"Authorization": f"Bearer {credential}"} if credential is not None else {}
+    url = f"http://127.0.0.1:{environment['EMBED_PORT']}/v1/search"
+    return lambda body: httpx.post(url, json=body, headers=headers, timeout=60)
 
 
 def test_search_refuses_a_collection_embedded_with_a_model_not_served(environment, stack: Stack,
@@ -172,10 +194,74 @@ def test_search_refuses_a_collection_embedded_with_a_model_not_served(environmen
                    metadatas=[{"embedding_config": "{'engine': 'openai', 'model': 'all-mpnet-base-v2'}"}])
     code, _, error = run_cli(capsys, "search", "anything", "--collection", "planted-mpnet")
     assert code == 1 and "embedded with 'all-mpnet-base-v2'" in error
-    base = f"http://127.0.0.1:{environment['EMBED_PORT']}"
-    answer = httpx.post(f"{base}/v1/search", json={"collection": "planted-mpnet", "query": "x"}, timeout=60)
+    answer = search_as(environment, ADMIN_KEY)({"collection": "planted-mpnet", "query": "x"})
     assert answer.status_code == 400 and "all-mpnet-base-v2" in answer.json()["error"]["message"]
     connect(stack.settings).delete_collection("planted-mpnet")
+
+
+PRIVATE_FACT = "The orange submarine of Professor Quillfeather docks at pier 47 every second Tuesday."
+
+
+def add_user(admin: OpenWebUIClient, name: str) -> dict:
+    """A plain (non-admin) Open WebUI user, created by the admin, signed in, with an API key of their own."""
+    email, password = f"{name.lower()}@example.com", secrets.token_urlsafe(16)
+    admin._call("POST", "/api/v1/auths/add", json={"name": name, "email": email, "password": password, "role": "user"})
+    user = OpenWebUIClient(admin.url)
+    token = user.sign_in(email, password)["token"]
+    api_key = user._call("POST", "/api/v1/auths/api_key")["api_key"]
+    SECRETS.update({password, token, api_key})
+    return {"client": user, "token": token, "api_key": api_key}
+
+
+def test_each_user_searches_only_the_knowledge_they_may_read(environment, ingested, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = OpenWebUIClient(environment["OPENWEBUI_URL"], environment["OPENWEBUI_API_KEY"])
+    alice, bob = add_user(admin, "Alice"), add_user(admin, "Bob")
+    private = alice["client"].create_knowledge("Alice private notes", "only Alice may read this")
+    note = tmp_path / "submarine.md"
+    note.write_text(f"# Harbour log\n\n{PRIVATE_FACT}\n")
+    file_id = alice["client"].upload_file(note)["id"]
+    alice["client"].wait_for_processing(file_id)
+    alice["client"].add_file_to_knowledge(private["id"], file_id)
+    question = {"knowledge": "Alice private notes", "query": "Where does the orange submarine dock?", "k": 3}
+
+    # Alice finds her own Knowledge with her API key and with her session token.
+    for credential in (alice["api_key"], alice["token"]):
+        mine = search_as(environment, credential)(question)
+        assert mine.status_code == 200, mine.text
+        assert mine.json()["collection"] == private["id"] and PRIVATE_FACT in mine.json()["data"][0]["text"]
+
+    # For Bob it does not exist: by name and by id, the same 404 as a name nobody uses.
+    as_bob = search_as(environment, bob["api_key"])
+    answers = [as_bob(question), as_bob(question | {"knowledge": private["id"]}),
+               as_bob(question | {"knowledge": "Nobody else notes"})]
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    messages = {a.json()["error"]["message"].replace(name, "<name>")
+                for a, name in zip(answers, ["Alice private notes", private["id"], "Nobody else notes"])}
+    assert len(messages) == 1, messages
+    # Raw collections are for admin keys only, whatever the name.
+    for collection in (private["id"], "made-up-collection"):
+        refused = as_bob({"collection": collection, "query": "submarine"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+        answers.append(refused)
+    assert all(PRIVATE_FACT not in a.text and "Quillfeather" not in a.text for a in answers)
+
+    # No credential, a made-up one, or the embeddings key Open WebUI itself uses: 401.
+    for credential in (None, "sk-" + secrets.token_hex(16), EMBED_KEY):
+        denied = search_as(environment, credential)(question)
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key", denied.text
+    # The admin key reads any raw collection.
+    raw = search_as(environment, ADMIN_KEY)({"collection": private["id"], "query": "submarine", "k": 1})
+    assert raw.status_code == 200 and PRIVATE_FACT in raw.json()["data"][0]["text"]
+
+    # The CLI searches as whoever's Open WebUI key it is given.
+    monkeypatch.setenv("OPENWEBUI_API_KEY", alice["api_key"])
+    code, found, error = run_cli(capsys, "search", "orange submarine", "--knowledge", "Alice private notes")
+    assert code == 0 and PRIVATE_FACT in found["hits"][0]["text"], error
+    monkeypatch.setenv("OPENWEBUI_API_KEY", bob["api_key"])
+    code, found, error = run_cli(capsys, "search", "orange submarine", "--knowledge", "Alice private notes")
+    assert code == 1 and found is None and "no Knowledge base named" in error and "Quillfeather" not in error
 
 
 def test_ingest_killed_midway_then_resumed_loses_and_duplicates_nothing(
@@ -248,3 +334,18 @@ def test_doctor_flags_wrong_model_dimension_orphans_and_empty_collections(
         store.delete_collection(name)
     monkeypatch.setenv("OPENWEBUI_API_KEY", environment["OPENWEBUI_API_KEY"])
     assert run_cli(capsys, "doctor")[0] == 0
+
+
+def test_no_secret_shows_in_any_log_or_cli_output(environment, stack: Stack, capsys: pytest.CaptureFixture) -> None:
+    """Runs last in this module: every key, token and password used above, searched for in every log line
+    of the stack (our server, Chroma, nginx, Open WebUI) and every CLI output, `--json` included."""
+    code, applied, error = run_cli(capsys, "openwebui-apply")
+    assert code == 0, error
+    assert applied["openai_config"]["key"] == "***" and applied["RAG_EMBEDDING_MODEL"] == "all-MiniLM-L6-v2"
+    logs = {log.name: log.read_text(errors="replace") for log in (stack.root / "logs").glob("*.log")}
+    assert {"embed-server.log", "chroma.log", "nginx.log", "open-webui.log"} <= logs.keys()
+    assert sum(len(text.splitlines()) for text in logs.values()) > 100  # the run logged plenty
+    outputs = {f"cli output {index}": text for index, text in enumerate(CLI_OUTPUT)}
+    leaks = {(where, secret[:4] + "...") for where, text in (logs | outputs).items() for secret in SECRETS
+             if secret in text}
+    assert not leaks

@@ -61,7 +61,7 @@ def test_embed_settings_in_deploy_files_are_real_settings() -> None:
     known = {f"EMBED_{name.upper()}" for name in Settings.model_fields}
     used = set(COMPOSE["services"]["embeddings"]["environment"]) | set(k8s_env(k8s("StatefulSet", "embeddings")))
     assert {name for name in used if name.startswith("EMBED_")} <= known
-    assert "EMBED_API_KEYS" in used  # keys are on wherever the server leaves this host
+    assert used & {"EMBED_API_KEYS", "EMBED_API_KEYS_FILE"}  # keys are on wherever the server leaves this host
 
 
 def test_ports_and_probes_match_the_server() -> None:
@@ -158,3 +158,20 @@ def test_the_proxy_template_is_valid_nginx(tmp_path: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_deployment_serves_beyond_loopback_only_with_keys_from_a_secret(tmp_path: Path) -> None:
+    compose = COMPOSE["services"]["embeddings"]
+    key_file = compose["environment"]["EMBED_API_KEYS_FILE"]
+    assert key_file == f"/run/secrets/{compose['secrets'][0]}" and "environment" in COMPOSE["secrets"][compose["secrets"][0]]
+    k8s_keys = next(e for e in container(k8s("StatefulSet", "embeddings"))["env"] if e["name"] == "EMBED_API_KEYS")
+    assert k8s_keys["valueFrom"]["secretKeyRef"]["name"] == "openwebui-backend"
+    # As each deployment configures it, the server starts; with its keys taken away, it refuses to.
+    secret = tmp_path / "embed_api_key"
+    secret.write_text("0123456789abcdef\n")
+    served = [load_settings(host="0.0.0.0", api_keys_file=secret), load_settings(host="0.0.0.0", api_keys="k8s-secret")]
+    assert [settings.exposure_problem() for settings in served] == [None, None]
+    assert served[0].api_keys[0].get_secret_value() == "0123456789abcdef"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "EMBED_HOST=0.0.0.0" in dockerfile and not re.search(r"EMBED_API_KEYS\S*=", dockerfile)  # no key baked in
+    assert "EMBED_API_KEYS" in load_settings(host="0.0.0.0").exposure_problem()

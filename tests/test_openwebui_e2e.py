@@ -17,11 +17,10 @@ import pytest
 
 from tests.conftest import ARTIFACTS, MODEL
 from tests.servers import EVAL
-from tests.stack import Stack, build_stack, nginx_available
+from tests.stack import Stack, build_stack
 from vector_bridge.openwebui import OpenWebUIClient
 
-pytestmark = [pytest.mark.openwebui, pytest.mark.slow,
-              pytest.mark.skipif(not nginx_available(), reason="nginx is installed by .ci/run")]
+pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
 
 DOCUMENTS = EVAL / "documents"
 FILES = {
@@ -145,10 +144,10 @@ def test_everything_survives_a_restart_of_chroma_and_our_server(stack: Stack, up
 
 
 def test_a_browser_sees_the_files_in_the_knowledge_base(stack: Stack, uploaded: dict) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api as playwright
+
     chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-    if chromium is None:
-        pytest.skip("Debian's chromium is installed by .ci/run")
+    assert chromium, "Debian's chromium is missing: `make test` installs it (.ci/system-deps)"
     base = stack.settings.openwebui_url
     screenshot = ARTIFACTS / "knowledge-base.png"
     with playwright.sync_playwright() as driver:

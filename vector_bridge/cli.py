@@ -137,12 +137,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vector-bridge: {error}", file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps(applied, indent=2))
+            print(json.dumps(redacted(applied), indent=2))
         else:
             print(f"Open WebUI at {url} now embeds with {applied['RAG_EMBEDDING_MODEL']} "
                   f"via {applied['openai_config']['url']} (engine {applied['RAG_EMBEDDING_ENGINE']}).")
         return 0
     return 2
+
+
+_SECRET_NAMES = ("key", "token", "password", "secret", "credential")
+
+
+def redacted(value: object) -> object:
+    """``value`` with every secret-named field's value masked: what Open WebUI reads back holds keys in clear."""
+    if isinstance(value, dict):
+        return {name: "***" if isinstance(name, str) and any(s in name.lower() for s in _SECRET_NAMES) and item
+                else redacted(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    return value
 
 
 def _openwebui_token(args: argparse.Namespace, settings: Settings) -> str | None:

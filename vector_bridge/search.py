@@ -9,7 +9,7 @@ collection and a collection with no single known model is refused.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
@@ -44,15 +44,22 @@ class Hit:
 
 def knowledge_collection(webui: OpenWebUIClient, knowledge: str) -> str:
     """The collection of a Knowledge base given by name or id, as Open WebUI's API lists them."""
-    bases = webui.list_knowledge()
-    by_id = [base for base in bases if base["id"] == knowledge]
-    named = by_id or [base for base in bases if base.get("name") == knowledge]
+    return pick_knowledge([(base["id"], base.get("name") or "") for base in webui.list_knowledge()], knowledge)
+
+
+def pick_knowledge(bases: Iterable[tuple[str, str]], knowledge: str) -> str:
+    """The id of the one Knowledge base among ``(id, name)`` pairs whose id or else name is ``knowledge``.
+
+    One message for "does not exist" and "not yours": the caller learns nothing of others' Knowledge.
+    """
+    bases = list(bases)
+    named = [base for base in bases if base[0] == knowledge] or [base for base in bases if base[1] == knowledge]
     if not named:
         raise KnowledgeNotFound(f"no Knowledge base named {knowledge!r} is visible to this token")
     if len(named) > 1:
-        ids = ", ".join(base["id"] for base in named)
+        ids = ", ".join(base_id for base_id, _ in named)
         raise KnowledgeNotFound(f"several Knowledge bases are named {knowledge!r} ({ids}): pass the id instead")
-    return named[0]["id"]
+    return named[0][0]
 
 
 def open_collection(client: ClientAPI, name: str) -> Collection:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from config import Settings
+from config.settings import is_loopback
 from vector_bridge.openwebui_env import openwebui_environment
 from vector_bridge.store import connect, widen_hnsw_search
 
@@ -119,8 +120,14 @@ def embed_service(settings: Settings, config_file: str | None) -> Service:
     command = [sys.executable, "-m", "embed_server.cli", "--host", settings.host, "--port", str(settings.port)]
     if config_file:
         command += ["--config", config_file]
+    env = bridge_environment(settings)
+    for name, keys in (("EMBED_API_KEYS", settings.api_keys), ("EMBED_ADMIN_KEYS", settings.admin_keys)):
+        if keys:
+            env[name] = ",".join(key.get_secret_value() for key in keys)
+    if settings.allow_unauthenticated:
+        env["EMBED_ALLOW_UNAUTHENTICATED"] = "true"
     return Service("embeddings", command, settings.embeddings_url.removesuffix("/v1") + "/ready",
-                   settings.log_dir / "embed-server.log", env=bridge_environment(settings))
+                   settings.log_dir / "embed-server.log", env=env)
 
 
 def bridge_environment(settings: Settings) -> dict[str, str]:
@@ -155,8 +162,9 @@ def openwebui_service(settings: Settings) -> Service:
     data.mkdir(parents=True, exist_ok=True)
     secret_file = data / ".webui_secret_key"
     if not secret_file.exists():
-        secret_file.write_text(secrets.token_urlsafe(32))
-        secret_file.chmod(0o600)
+        # Created owner-only from its first byte: a chmod after writing leaves a window.
+        with os.fdopen(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(secrets.token_urlsafe(32))
     address = urlsplit(settings.openwebui_url)
     env = openwebui_environment(settings) | {
         "DATA_DIR": str(data),
@@ -210,7 +218,21 @@ class Supervisor:
             log.info("stopped", extra={"service": service.name})
 
 
+def exposure_problems(settings: Settings) -> list[str]:
+    """What in these settings would open the stack to the network without a credential."""
+    problems = [problem] if (problem := settings.exposure_problem()) else []
+    if not (is_loopback(settings.chroma_host) or settings.allow_unauthenticated):
+        problems.append(f"refusing to start Chroma on {settings.chroma_host}: the Chroma server has no "
+                        "authentication of its own. Keep it on 127.0.0.1 and expose it through the token proxy "
+                        "of deploy/nginx/, or set EMBED_ALLOW_UNAUTHENTICATED=true to accept an open store.")
+    return problems
+
+
 def run_stack(settings: Settings, *, config_file: str | None = None, with_openwebui: bool = False) -> int:
+    if problems := exposure_problems(settings):
+        for problem in problems:
+            print(f"vector-bridge: {problem}", file=sys.stderr)
+        return 2
     services = [chroma_service(settings), embed_service(settings, config_file)]
     if with_openwebui:
         services.append(openwebui_service(settings))

@@ -10,8 +10,3 @@ from embed_server.registry import ModelRegistry
 
 async def registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
-
-
-async def require_api_key(request: Request) -> None:
-    client = request.client.host if request.client else None
-    request.app.state.key_guard.admit(request.headers.get("authorization"), client)

@@ -10,10 +10,10 @@ from fastapi.responses import Response
 from embed_server.embedder import Embeddings
 from embed_server.errors import InvalidRequest
 from embed_server.registry import ModelRegistry
-from embed_server.routes.dependencies import registry, require_api_key
+from embed_server.routes.dependencies import registry
 from embed_server.schemas import EmbeddingRequest, EmbeddingResponse, error_responses
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post(

@@ -10,18 +10,21 @@ from embed_server.routes.dependencies import registry
 router = APIRouter()
 
 
+# Both answer anyone, so they say only "ok", "loading" or "failed": the reason a model failed to load
+# (paths, library messages) goes to the server's log, not to whoever asks.
+
+
 @router.get("/health", summary="Alive: the process answers and no model failed to load")
 async def health(models: ModelRegistry = Depends(registry)) -> JSONResponse:
     if models.load_error:
-        return JSONResponse({"status": "failed", "error": models.load_error}, status_code=503)
+        return JSONResponse({"status": "failed"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", summary="Ready: every model is loaded")
 async def ready(models: ModelRegistry = Depends(registry)) -> JSONResponse:
-    body = {"ready": models.ready, "models": [spec.id for spec in models.specs]}
-    if models.load_error:
-        body["error"] = models.load_error
+    status = "failed" if models.load_error else "ok" if models.ready else "loading"
+    body = {"ready": models.ready, "status": status, "models": [spec.id for spec in models.specs]}
     return JSONResponse(body, status_code=200 if models.ready else 503)
 
 

@@ -4,10 +4,10 @@ from fastapi import APIRouter, Depends, Request
 
 from config import ModelSpec
 from embed_server.registry import ModelRegistry
-from embed_server.routes.dependencies import registry, require_api_key
+from embed_server.routes.dependencies import registry
 from embed_server.schemas import ModelList, ModelObject, error_responses
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 def _model_object(spec: ModelSpec, created: int) -> ModelObject:

@@ -4,10 +4,10 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from embed_server.registry import ModelRegistry
-from embed_server.routes.dependencies import registry, require_api_key
+from embed_server.routes.dependencies import registry
 from embed_server.schemas import RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage, error_responses
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post(

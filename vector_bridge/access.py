@@ -1,0 +1,80 @@
+"""Which Knowledge bases a caller may read, as Open WebUI answers when asked with the caller's own credential.
+
+Open WebUI owns its users, groups and sharing rules, so it is the only judge of who reads what. A route
+that returns stored text asks it with the caller's own API key or token, never with a key of the server's:
+a Knowledge base the caller cannot read is then simply absent, indistinguishable from one that does not
+exist. Answers are reused for a few seconds per credential (keyed by its hash), so a burst of searches
+costs one round trip to Open WebUI, and a revoked share takes effect within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+class AccessError(RuntimeError):
+    pass
+
+
+class CredentialRefused(AccessError):
+    """Open WebUI did not accept the caller's key or token."""
+
+
+class OpenWebUIUnavailable(AccessError):
+    """Open WebUI could not be asked, or answered with an error of its own."""
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    id: str
+    name: str
+
+
+_MAX_CACHED_CALLERS = 4096
+_MAX_PAGES = 1000
+
+
+class KnowledgeAccess:
+    def __init__(self, openwebui_url: str, *, ttl_seconds: float, timeout: float = 15) -> None:
+        self._http = httpx.AsyncClient(base_url=openwebui_url.rstrip("/"), timeout=timeout)
+        self._ttl = ttl_seconds
+        self._answers: dict[str, tuple[float, list[KnowledgeBase]]] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def readable(self, token: str) -> list[KnowledgeBase]:
+        """Every Knowledge base the holder of ``token`` may read in Open WebUI."""
+        caller = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._answers.get(caller)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        bases = await self._ask(token)
+        if len(self._answers) >= _MAX_CACHED_CALLERS:
+            self._answers = {key: value for key, value in self._answers.items() if value[0] > now}
+        if self._ttl > 0 and len(self._answers) < _MAX_CACHED_CALLERS:
+            self._answers[caller] = (now + self._ttl, bases)
+        return bases
+
+    async def _ask(self, token: str) -> list[KnowledgeBase]:
+        headers = {"Authorization": f"Bearer {token}"}
+        found: list[KnowledgeBase] = []
+        for page in range(1, _MAX_PAGES + 1):
+            try:
+                response = await self._http.get("/api/v1/knowledge/", params={"page": page}, headers=headers)
+            except httpx.HTTPError as error:
+                raise OpenWebUIUnavailable(f"Open WebUI could not be reached ({type(error).__name__})") from None
+            if response.status_code in (401, 403):
+                raise CredentialRefused("Open WebUI did not accept this API key or token.")
+            if response.status_code >= 400:
+                raise OpenWebUIUnavailable(f"Open WebUI answered {response.status_code} to a Knowledge listing")
+            answer = response.json()
+            found += [KnowledgeBase(item["id"], item.get("name") or "") for item in answer["items"]]
+            if not answer["items"] or len(found) >= answer["total"]:
+                break
+        return found
