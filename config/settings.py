@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -223,11 +223,15 @@ class Settings(BaseSettings):
         return (*sources, file_secret_settings)
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each bad setting and never echoes a value."""
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, a TOML file (argument or ``EMBED_CONFIG``) and overrides."""
     config_file = config_file or os.environ.get(CONFIG_FILE_ENV)
     if not config_file:
-        return Settings(**overrides)
+        return _validated(Settings, overrides)
     path = Path(config_file)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -235,4 +239,14 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     class FileSettings(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
 
-    return FileSettings(**overrides)
+    return _validated(FileSettings, overrides)
+
+
+def _validated(settings_class: type[Settings], overrides: dict[str, Any]) -> Settings:
+    try:
+        return settings_class(**overrides)
+    except ValidationError as error:
+        # pydantic's own message quotes the input, which holds the API keys and tokens.
+        problems = [f"{'.'.join(map(str, item['loc'])) or 'settings'}: {item['msg']}"
+                    for item in error.errors(include_input=False, include_url=False)]
+        raise SettingsError("; ".join(problems)) from None

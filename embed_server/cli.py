@@ -8,9 +8,8 @@ import os
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 
-from config import load_settings
+from config import SettingsError, load_settings
 from embed_server.app import create_app
 from embed_server.logs import configure_logging
 
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
                  {"host": args.host, "port": args.port, "models_file": args.models_file}.items() if value is not None}
     try:
         settings = load_settings(args.config, **overrides)
-    except (ValidationError, FileNotFoundError, ValueError) as error:
+    except (SettingsError, FileNotFoundError) as error:
         print(f"embed-server: invalid settings: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     problem = settings.exposure_problem()

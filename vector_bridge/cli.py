@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from config import Settings, load_settings
+from config import Settings, SettingsError, load_settings
 from embed_server.logs import configure_logging
 from vector_bridge.backup import BackupError, backup, restore
 from vector_bridge.doctor import diagnose, gather
@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = load_settings(args.config)
+    try:
+        settings = load_settings(args.config)
+    except (SettingsError, FileNotFoundError) as error:
+        print(f"vector-bridge: invalid settings: {error}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "up":
