@@ -47,3 +47,23 @@ def test_embedding_config_reads_open_webui_reprs() -> None:
         "engine": "openai", "model": "all-MiniLM-L6-v2"}
     assert parse_embedding_config('{"engine": "", "model": "x"}') == {"engine": "", "model": "x"}
     assert parse_embedding_config("not a dict") is None and parse_embedding_config(None) is None
+
+
+def test_describe_finds_a_model_mix_anywhere_in_the_collection(tmp_path: Path) -> None:
+    """Open WebUI's chunks of a file re-added after a model switch land after thousands of older ones."""
+    settings = load_settings(chroma_port=free_port(), chroma_path=tmp_path / "chroma", log_dir=tmp_path / "logs")
+    chroma = chroma_service(settings)
+    try:
+        chroma.spawn()
+        chroma.wait_ready()
+        collection = connect(settings).create_collection("mixed-late", metadata={"hnsw:space": "cosine"})
+        vectors = np.random.default_rng(0).standard_normal((2500, 8)).astype(np.float32)
+        models = ["old"] * 2300 + ["new"] * 200
+        for start in range(0, 2500, 500):
+            collection.add(ids=[f"{i:05d}" for i in range(start, start + 500)], embeddings=vectors[start:start + 500],
+                           metadatas=[{"embedding_config": f"{{'engine': 'openai', 'model': '{m}'}}"}
+                                      for m in models[start:start + 500]])
+        info = describe(collection)
+        assert (info.count, info.dimension, info.models, info.model) == (2500, 8, {"old": 2300, "new": 200}, None)
+    finally:
+        chroma.stop()

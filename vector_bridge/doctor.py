@@ -11,16 +11,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
+
 from config import Settings
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
 from vector_bridge.migrate import migration_part
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import openwebui_environment
+from vector_bridge.owners import Owners, openwebui_kind, read_owners
+from vector_bridge.restore import restore_part
 from vector_bridge.store import CollectionInfo, connect, describe_all
 
 Severity = Literal["error", "warning", "info"]
-# Open WebUI's own collection of Knowledge base descriptions: no file or Knowledge base id names it.
-OPENWEBUI_COLLECTIONS = {"knowledge-bases"}
+# Collections chats use, which Open WebUI lists nowhere: reported together, never judged one by one.
+UNJUDGED = {
+    "web-search": "web search results (web-search-*): each search's pages, kept for the chat that ran it",
+    "chat-content": "pages, videos or pasted texts added to chats (named by a hash)",
+}
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Facts:
     collections: list[CollectionInfo]
     expected: Expected
     our_url: str
-    referenced: set[str] | None  # collections Open WebUI's files and Knowledge bases name; None: not checked
+    owners: Owners | None  # Open WebUI's files, Knowledge bases and users as an admin sees them; None: not checked
     versions: dict[str, str | None] = field(default_factory=dict)  # server API, our chromadb, Open WebUI's
     notes: list[str] = field(default_factory=list)
 
@@ -64,7 +71,13 @@ def diagnose(facts: Facts) -> list[Finding]:
         found.append(Finding("error", expected.problem, "serve that model (config/models.toml) or switch Open "
                                                         "WebUI to a served one with vector-bridge openwebui-apply"))
     for info in facts.collections:
-        found += _collection_findings(info, expected, facts.referenced)
+        found += _collection_findings(info, expected, facts.owners)
+    for kind, what in UNJUDGED.items():
+        count = sum(1 for info in facts.collections if openwebui_kind(info.name)[0] == kind
+                    and not restore_part(info.name) and not migration_part(info.name))
+        if count:
+            found.append(Finding("info", f"{count} collections of {what}: Open WebUI does not list which chats "
+                                         "still use them, so they are not judged"))
     # The server reports its API version (1.0.0 for every chromadb 1.x), not its package's: the stack
     # runs it from this tool's chromadb, so that package is what Open WebUI's client must match.
     ours, webui = facts.versions.get("chromadb"), facts.versions.get("openwebui_chromadb")
@@ -79,9 +92,15 @@ def diagnose(facts: Facts) -> list[Finding]:
     return found
 
 
-def _collection_findings(info: CollectionInfo, expected: Expected, referenced: set[str] | None) -> list[Finding]:
+def _collection_findings(info: CollectionInfo, expected: Expected, owners: Owners | None) -> list[Finding]:
     name = info.name
-    found: list[Finding] = []
+    restoring = restore_part(name)
+    if restoring is not None:  # what an interrupted `vector-bridge restore` left; the same run finishes it
+        kind, original = restoring
+        what = "new data being built" if kind == "building" else "the old data, replaced"
+        return [Finding("warning", f"{name}: {what} for {original} by a restore that did not finish "
+                                   f"({info.count} chunks)", "run the same vector-bridge restore again: it "
+                                   "finishes the swap or puts the old data back", name)]
     part = migration_part(name)
     if part is not None:  # not Open WebUI's: judged as what migrate left, not by Open WebUI's model
         kind, original = part
@@ -91,10 +110,7 @@ def _collection_findings(info: CollectionInfo, expected: Expected, referenced: s
                                                              f"--collection {original} --drop-old", name)]
         return [Finding("warning", f"{name}: new vectors for {original} from a migration that has not finished",
                         "run the same vector-bridge migrate again: it resumes", name)]
-    if referenced is not None and name not in referenced and name not in OPENWEBUI_COLLECTIONS:
-        found.append(Finding("warning", f"{name}: no Open WebUI file or Knowledge base refers to it "
-                                        f"({info.count} chunks)",
-                             f"keep a copy (vector-bridge backup FILE --collection {name}), then delete it", name))
+    found = _ownership_findings(info, owners)
     if info.count == 0:
         found.append(Finding("warning", f"{name}: empty", "delete it, or re-add its files in Open WebUI", name))
         return found
@@ -114,16 +130,39 @@ def _collection_findings(info: CollectionInfo, expected: Expected, referenced: s
     return found
 
 
+def _ownership_findings(info: CollectionInfo, owners: Owners | None) -> list[Finding]:
+    """Left over only when Open WebUI says its owner is gone; unknown is said as unknown."""
+    name = info.name
+    kind, owner = openwebui_kind(name)
+    if owners is None or name in owners.alive or kind in ("knowledge-bases", *UNJUDGED):
+        return []
+    owner_kind = {"file": "file", "knowledge": "Knowledge base", "user-memory": "user"}.get(kind)
+    left_over = owners.is_left_over(name)
+    if owner_kind and left_over:
+        return [Finding("warning", f"{name}: no Open WebUI {owner_kind} has id {owner} any more, so nothing "
+                                   f"reads these {info.count} chunks",
+                        f"keep a copy (vector-bridge backup FILE --collection {name}), then delete it", name)]
+    if kind in ("file", "knowledge") and left_over is None:  # (memories: one note says users were not read)
+        return [Finding("info", f"{name}: whether Open WebUI still has {owner_kind} {owner} is unknown (not in its "
+                                "lists, and the lookup by id gave no clear answer)", "run doctor again", name)]
+    if kind == "other":
+        return [Finding("warning", f"{name}: no Open WebUI file, Knowledge base or user refers to it, and Open WebUI "
+                                   f"makes no collection of this name: another tool's, or made by hand "
+                                   f"({info.count} chunks)", "find out what writes it before deleting it", name)]
+    return []
+
+
 def gather(settings: Settings, webui: OpenWebUIClient | None) -> Facts:
     notes: list[str] = []
     expected = _expected(settings, webui, notes)
     client = connect(settings)
-    referenced = _referenced_collections(webui, notes) if webui else None
+    collections = describe_all(client)
+    owners = _owners(webui, [c.name for c in collections], notes) if webui else None
     if webui is None:
         notes.append("no Open WebUI token: orphans not checked, expected model taken from these settings")
     versions = {"chroma_server_api": client.get_version(), "chromadb": importlib.metadata.version("chromadb"),
                 "openwebui_chromadb": _openwebui_chroma_version(settings)}
-    return Facts(describe_all(client), expected, settings.embeddings_url, referenced, versions, notes)
+    return Facts(collections, expected, settings.embeddings_url, owners, versions, notes)
 
 
 def _expected(settings: Settings, webui: OpenWebUIClient | None, notes: list[str]) -> Expected:
@@ -144,15 +183,18 @@ def _expected(settings: Settings, webui: OpenWebUIClient | None, notes: list[str
     return expected
 
 
-def _referenced_collections(webui: OpenWebUIClient, notes: list[str]) -> set[str] | None:
+def _owners(webui: OpenWebUIClient, names: list[str], notes: list[str]) -> Owners | None:
     try:
         if webui.session_user().get("role") != "admin":
             notes.append("orphans not checked: the token is not an admin's, so other users' files are hidden")
             return None
-        return {base["id"] for base in webui.list_knowledge()} | {f"file-{f['id']}" for f in webui.files()}
-    except OpenWebUIError as error:
+        owners = read_owners(webui, names)
+    except (OpenWebUIError, httpx.HTTPError) as error:
         notes.append(f"orphans not checked: {error}")
         return None
+    if owners.users is None:
+        notes.append("memory collections not checked: Open WebUI's user list could not be read")
+    return owners
 
 
 def _openwebui_chroma_version(settings: Settings) -> str | None:

@@ -85,6 +85,14 @@ class OpenWebUIClient:
         """Every file this token may see (all users' files for an admin, by Open WebUI's default)."""
         return self._all_pages("/api/v1/files/", content="false")
 
+    def file(self, file_id: str) -> dict:
+        """One file by id (an admin sees every user's; 404 when it does not exist)."""
+        return self._call("GET", f"/api/v1/files/{file_id}")
+
+    def all_users(self) -> list[dict]:
+        """Every user (admin only; not filtered by access control)."""
+        return self._call("GET", "/api/v1/users/all")["users"]
+
     def session_user(self) -> dict:
         return self._call("GET", "/api/v1/auths/")
 

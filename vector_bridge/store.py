@@ -15,9 +15,11 @@ from chromadb.config import Settings as ChromaSettings
 
 from config import Settings
 
-# How many chunks are read to tell which model(s) embedded a collection: Open WebUI writes one
-# embedding_config per chunk, so a mixed collection shows up in any fair sample.
+# How many chunks search reads to tell a collection's model before it embeds a query: a quick look,
+# since it runs on every search (doctor and migrate read every chunk, see collection_models).
 MODEL_SAMPLE = 200
+# Metadatas read per request when every chunk is checked (no embeddings: those would be ~18 MB a page).
+METADATA_PAGE = 1000
 
 
 class StoreError(RuntimeError):
@@ -67,7 +69,7 @@ class CollectionInfo:
     name: str
     count: int
     dimension: int | None  # None: empty
-    models: dict[str, int] = field(default_factory=dict)  # embedding model -> chunks in the sample
+    models: dict[str, int] = field(default_factory=dict)  # embedding model -> chunks naming it (all chunks)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,13 +81,26 @@ class CollectionInfo:
         return asdict(self) | {"model": self.model}
 
 
+def collection_models(collection: Collection) -> Counter[str]:
+    """How many chunks of the whole collection name each model: a collection mixed after its first
+    chunks (a model switched mid-way, a file re-added later) shows up wherever the mix starts."""
+    found: Counter[str] = Counter()
+    offset = 0
+    while True:
+        page = collection.get(offset=offset, limit=METADATA_PAGE, include=["metadatas"])
+        found.update(embedding_models(page["metadatas"] or []))
+        offset += len(page["ids"])
+        if len(page["ids"]) < METADATA_PAGE:
+            return found
+
+
 def describe(collection: Collection) -> CollectionInfo:
     count = collection.count()
-    sample = collection.get(limit=MODEL_SAMPLE, include=["metadatas", "embeddings"]) if count else None
+    first = collection.get(limit=1, include=["embeddings"]) if count else None
     dimension = None
-    if sample is not None and sample["embeddings"] is not None and len(sample["embeddings"]):
-        dimension = len(sample["embeddings"][0])
-    models = dict(embedding_models(sample["metadatas"] or [])) if sample is not None else {}
+    if first is not None and first["embeddings"] is not None and len(first["embeddings"]):
+        dimension = len(first["embeddings"][0])
+    models = dict(collection_models(collection)) if count else {}
     return CollectionInfo(collection.name, count, dimension, models, dict(collection.metadata or {}))
 
 
