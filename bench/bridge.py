@@ -27,7 +27,7 @@ from knowledge_upload import write_abstracts  # noqa: E402
 from config import load_settings  # noqa: E402
 from vector_bridge.embeddings import EmbeddingsClient  # noqa: E402
 from vector_bridge.ingest import ingest  # noqa: E402
-from vector_bridge.migrate import migrate_collection  # noqa: E402
+from vector_bridge.migrate import migrate_store  # noqa: E402
 from vector_bridge.openwebui import OpenWebUIClient  # noqa: E402
 from vector_bridge.stack import chroma_service, embed_service, openwebui_service  # noqa: E402
 from vector_bridge.store import connect  # noqa: E402
@@ -63,8 +63,9 @@ def main() -> None:
             texts = [text.replace("\n", " ") for text in collection.get(include=["documents"])["documents"]]
 
             started = time.perf_counter()
-            moved = migrate_collection(connect(settings), EmbeddingsClient(settings), report.knowledge_id, TARGET,
-                                       progress=False)
+            migration = migrate_store(connect(settings), EmbeddingsClient(settings), TARGET,
+                                      default_model=settings.models[0].id, switch=None, only=[report.knowledge_id])
+            [moved] = migration.collections
             migrate_s = time.perf_counter() - started
 
     raw = RawModel()

@@ -97,8 +97,8 @@ def test_migrate_keeps_answering_then_swaps_to_the_new_model(services, settings,
     assert baseline >= 0.7
 
     # Killed part-way through building the new vectors: the collection still answers with MiniLM.
-    worker = subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "migrate", "--to", HYBRID, "--batch", "8",
-                               "--json"], env={**os.environ, **services},
+    worker = subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "migrate", "--to", HYBRID, "--store-only",
+                               "--batch", "8", "--json"], env={**os.environ, **services},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shadow = shadow_name(NAME, HYBRID)
     deadline = time.monotonic() + 300
@@ -115,7 +115,7 @@ def test_migrate_keeps_answering_then_swaps_to_the_new_model(services, settings,
     assert recall_at_5(settings, NAME, questions) == baseline
 
     # The second run resumes: it embeds only what is missing, then swaps.
-    assert main(["migrate", "--to", HYBRID, "--json"]) == 0
+    assert main(["migrate", "--to", HYBRID, "--store-only", "--json"]) == 0
     [result] = json.loads(capsys.readouterr().out)["collections"]
     assert (result["collection"], result["outcome"], result["chunks"]) == (NAME, "migrated", len(before))
     assert result["embedded"] == len(before) - partial
@@ -135,7 +135,7 @@ def test_migrate_keeps_answering_then_swaps_to_the_new_model(services, settings,
 
     old = backup_name(NAME, HYBRID)
     assert snapshot(settings, old).keys() == before.keys()  # the old vectors, kept
-    assert main(["migrate", "--to", HYBRID, "--drop-old"]) == 0  # nothing left to move; the backup goes
+    assert main(["migrate", "--to", HYBRID, "--store-only", "--drop-old"]) == 0  # nothing to move; the backup goes
     names = {c.name for c in connect(settings).list_collections()}
     assert NAME in names and old not in names and shadow not in names
 
@@ -155,11 +155,18 @@ def test_a_swap_cut_between_its_two_renames_is_finished_by_the_next_run(services
         metadatas=[{"embedding_config": config.replace(HYBRID, MODEL)}])
 
     assert main(["migrate", "--to", MODEL, "--collection", name, "--json"]) == 0
-    outcomes = {r["collection"]: r for r in json.loads(capsys.readouterr().out)["collections"]}
-    assert outcomes[name]["outcome"] == "migrated"
+    outcomes = [r["outcome"] for r in json.loads(capsys.readouterr().out)["collections"] if r["collection"] == name]
+    assert "migrated" in outcomes
     assert embedding_model(connect(settings).get_collection(name)) == MODEL
 
 
+def test_migrate_without_an_open_webui_token_refuses_unless_store_only(services, capsys: pytest.CaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENWEBUI_API_KEY", raising=False)
+    assert main(["migrate", "--to", MODEL]) == 2
+    assert "needs an Open WebUI admin API key" in capsys.readouterr().err
+
+
 def test_migrate_refuses_a_model_the_server_does_not_serve(services, capsys: pytest.CaptureFixture) -> None:
-    assert main(["migrate", "--to", "no-such-model"]) == 1
+    assert main(["migrate", "--to", "no-such-model", "--store-only"]) == 1
     assert "does not serve 'no-such-model'" in capsys.readouterr().err

@@ -17,8 +17,7 @@ from vector_bridge.doctor import diagnose, gather
 from vector_bridge.doctor import report as doctor_report
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
 from vector_bridge.ingest import IngestError, ingest
-from vector_bridge.migrate import MigrationError, migrate_collection
-from vector_bridge.migrate import plan as migration_plan
+from vector_bridge.migrate import MigrationError, migrate_store, roll_back
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import PERSISTENT_CONFIG_NOTE, openwebui_environment, render_env_file
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
@@ -72,13 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "orphans are not checked")
     check.add_argument("--json", action="store_true")
 
-    move = commands.add_parser("migrate", help="re-embed collections with another served model, no downtime")
-    move.add_argument("--to", required=True, metavar="MODEL", help="served model id to re-embed with")
-    move.add_argument("--collection", action="append", help="only this collection (repeatable; default: every "
-                                                            "collection embedded with another model)")
-    move.add_argument("--drop-old", action="store_true", help="delete the old vectors once a swap is done")
+    move = commands.add_parser("migrate", help="re-embed the whole store with another served model and switch Open "
+                                                "WebUI to it in one cutover")
+    target = move.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="MODEL", help="served model id to re-embed with")
+    target.add_argument("--rollback", metavar="MODEL", help="undo the migration to MODEL, from the kept old vectors")
+    move.add_argument("--collection", action="append", help="only this collection (repeatable; implies "
+                                                            "--store-only: Open WebUI is not switched)")
+    move.add_argument("--store-only", action="store_true", help="migrate the store without switching Open WebUI")
+    move.add_argument("--drop-old", action="store_true", help="delete the old vectors once the cutover is done "
+                                                              "(no rollback after that)")
     move.add_argument("--batch", type=int, default=128,
                       help="chunks per request to the embeddings server (1-2048; larger pages sort better by length)")
+    move.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
+    move.add_argument("--token", help="Open WebUI admin API key or token (env OPENWEBUI_API_KEY)")
     move.add_argument("--json", action="store_true")
 
     save = commands.add_parser("backup", help="write every collection of the store to one portable file")
@@ -252,26 +258,47 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.batch <= 2048:  # the embeddings API takes at most 2,048 inputs per request
         print("vector-bridge: --batch must be between 1 and 2048", file=sys.stderr)
         return 2
-    results = []
+    store_only = args.store_only or bool(args.collection)
+    if not store_only and not _openwebui_token(args, settings):
+        print("vector-bridge: migrate switches Open WebUI's embedding model at the cutover, so it needs an Open "
+              "WebUI admin API key or token (--token or OPENWEBUI_API_KEY); --store-only migrates the store alone",
+              file=sys.stderr)
+        return 2
+    webui = None if store_only else _openwebui(args, settings)
+    progress = _show_progress(args)
     try:
         client, embeddings = connect(settings), EmbeddingsClient(settings)
-        embeddings.embed(args.to, ["model check"], "document")  # refuse an unserved model before touching anything
-        for name in migration_plan(client, args.to, args.collection):
-            results.append(migrate_collection(client, embeddings, name, args.to, batch=args.batch,
-                                              drop_old=args.drop_old, progress=_show_progress(args)))
-            if not args.json:
-                done = results[-1]
-                print(f"{done.collection}: {done.outcome}, {done.chunks} chunks ({done.embedded} embedded now) "
-                      f"in {done.seconds:.1f} s{'; ' + done.detail if done.detail else ''}")
-    except (MigrationError, StoreError, EmbeddingsError) as error:
+        # Chunks that record no model were embedded with the model Open WebUI uses now.
+        default_model = webui.embedding_config()["RAG_EMBEDDING_MODEL"] if webui else settings.models[0].id
+        switch = (lambda model: webui.apply_embedding_config(settings, model)) if webui else None
+        if args.rollback:
+            result = roll_back(client, embeddings, args.rollback, switch=switch, batch=args.batch, progress=progress)
+        else:
+            embeddings.embed(args.to, ["model check"], "document")  # refuse an unserved model before any work
+            result = migrate_store(client, embeddings, args.to, default_model=default_model, switch=switch,
+                                   only=args.collection, batch=args.batch, drop_old=args.drop_old, progress=progress)
+    except (MigrationError, StoreError, EmbeddingsError, OpenWebUIError, httpx.HTTPError) as error:
         print(f"vector-bridge: {error}", file=sys.stderr)
         return 1
+    finally:
+        if webui is not None:
+            webui.close()
     if args.json:
-        print(json.dumps({"model": args.to, "collections": [asdict(r) for r in results]}))
-    elif not results:
-        print(f"nothing to migrate: every collection is on {args.to}")
+        print(json.dumps(result.to_dict()))
+        return 0
+    for done in result.collections:
+        print(f"{done.collection}: {done.outcome}, {done.chunks} chunks ({done.embedded} embedded now"
+              f"{f', {done.removed} removed' if done.removed else ''}) in {done.seconds:.1f} s"
+              f"{'; ' + done.detail if done.detail else ''}")
+    if result.cutover:
+        cut = result.cutover
+        print(f"cutover: {cut.collections} collections swapped; a query could meet a mismatched collection for "
+              f"{cut.window_seconds * 1000:.0f} ms; {cut.settled_after} chunks written meanwhile brought over")
+    if store_only and result.collections:
+        print(f"Open WebUI was not switched: switch it to {result.model} (vector-bridge openwebui-apply --model "
+              f"{result.model}) or its queries stay on the old model.")
     else:
-        print(f"Now switch Open WebUI to the same model: vector-bridge openwebui-apply --model {args.to}")
+        print(f"Open WebUI: {result.openwebui}")
     return 0
 
 

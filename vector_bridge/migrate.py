@@ -1,40 +1,44 @@
-"""Re-embed collections with another served model while Open WebUI keeps answering from the old ones.
+"""Move the whole store to another served model, and Open WebUI with it, in one cutover.
 
-For a collection NAME and target model M:
+For target model M, every collection NAME whose chunks were embedded with another model:
 
-1. build   vectors from M go into the shadow collection ``NAME.to.<M>``, page by page; chunks already
-           there are skipped, so a killed run resumes where it stopped. NAME stays untouched.
-2. verify  the shadow holds exactly NAME's ids.
-3. swap    NAME becomes ``NAME.pre.<M>`` (the old vectors, kept as a backup), then the shadow becomes NAME.
-           A run killed between the two renames is finished by the next run.
-4. drop    with ``--drop-old``, the backup goes once the swap is done.
+1. build     M's vectors go into the shadow ``NAME.to.<M>`` while Open WebUI keeps answering from NAME with
+             its old model. A killed run resumes: chunks already in the shadow are not embedded again.
+2. catch up  each shadow is brought to exactly NAME's chunks (what Open WebUI added, changed or deleted
+             during the build), and collections that appeared meanwhile are built too.
+3. cut over  one last catch-up, then every NAME becomes ``NAME.pre.<M>`` (the old vectors, kept) and every
+             shadow becomes NAME, all at once, and Open WebUI's embedding model is switched to M right after
+             (cutover.py measures the window between the first rename and the switch).
+4. settle    what Open WebUI wrote while the cutover ran is brought over (cutover.py).
 
-Chunk metadata keeps everything but the model named in ``embedding_config``. Texts are embedded as
-Open WebUI embeds document chunks (newlines as spaces, ``input_type: document``), so the new vectors
-equal what Open WebUI would have stored with M.
+``migrate --rollback`` runs the same steps backwards while the old vectors are kept; ``--drop-old`` deletes
+them. Collections that record no model (Open WebUI's memories, the Knowledge-base index, web search) are
+migrated as embedded with Open WebUI's current model. Chunk metadata keeps everything but the model named
+in ``embedding_config``, which every new chunk records. Texts are embedded as Open WebUI embeds document
+chunks (newlines as spaces, ``input_type: document``), so the new vectors equal what Open WebUI would have
+stored with M.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal
 
-import numpy as np
 from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from tqdm import tqdm
 
+from vector_bridge.cutover import Cutover, Swap, swap_all
 from vector_bridge.embeddings import EmbeddingsClient
-from vector_bridge.store import describe, parse_embedding_config
+from vector_bridge.shadow import recorded_model, sync_copy
+from vector_bridge.store import describe
 
-Outcome = Literal["migrated", "already", "skipped"]
-IN_FLIGHT = 2
+Outcome = Literal["migrated", "already", "skipped", "rolled back"]
 MIGRATION_PART = re.compile(r"(?P<name>.+)\.(?P<part>to|pre)\.(?P<model>[a-zA-Z0-9._-]+)")
+# Collection metadata on a shadow: the model its source was embedded with, for --rollback.
+FROM_MODEL = "vector_bridge_from_model"
+CATCH_UP_PASSES = 3
 
 
 class MigrationError(RuntimeError):
@@ -47,8 +51,21 @@ class Migration:
     outcome: Outcome
     chunks: int = 0
     embedded: int = 0  # chunks embedded by this run (less than chunks when resuming)
+    removed: int = 0  # chunks deleted from the source during the run, so from its shadow too
     seconds: float = 0.0
     detail: str = ""
+
+
+@dataclass
+class StoreMigration:
+    model: str
+    collections: list[Migration] = field(default_factory=list)
+    cutover: Cutover | None = None
+    openwebui: str = "not switched"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "collections": [asdict(c) for c in self.collections],
+                "cutover": asdict(self.cutover) if self.cutover else None, "openwebui": self.openwebui}
 
 
 def slug(model: str) -> str:
@@ -72,20 +89,13 @@ def migration_part(name: str) -> tuple[Literal["shadow", "backup"], str] | None:
     return ("shadow" if found["part"] == "to" else "backup"), found["name"]
 
 
-def with_model(metadata: dict[str, Any] | None, model: str) -> dict[str, Any]:
-    """The chunk's metadata with ``embedding_config`` naming the new model, in Open WebUI's repr style."""
-    metadata = dict(metadata or {})
-    config = parse_embedding_config(metadata.get("embedding_config")) or {"engine": "openai"}
-    metadata["embedding_config"] = repr({**config, "model": model})
-    return metadata
-
-
 def _names(client: ClientAPI) -> set[str]:
     return {collection.name for collection in client.list_collections()}
 
 
-def plan(client: ClientAPI, model: str, only: list[str] | None) -> list[str]:
-    """The collections to migrate: the named ones, or every collection whose chunks name another model."""
+def plan(client: ClientAPI, model: str, only: list[str] | None, default_model: str) -> list[str]:
+    """The collections to migrate: the named ones, or every collection whose chunks were embedded with another
+    model (``default_model`` for chunks that record none), or whose swap a killed run left half done."""
     names = _names(client)
     if only:
         missing = [name for name in only if name not in names and backup_name(name, model) not in names]
@@ -100,88 +110,137 @@ def plan(client: ClientAPI, model: str, only: list[str] | None) -> list[str]:
                 pending.append(original)  # killed between the two renames
             continue
         info = describe(client.get_collection(name))
-        if info.count and info.models and set(info.models) != {model} or backup_name(name, model) in names:
-            pending.append(name)  # to move, or moved with its old vectors still kept (for --drop-old)
+        if info.count and set(info.models or {default_model: info.count}) != {model}:
+            pending.append(name)
     return pending
 
 
-def migrate_collection(client: ClientAPI, embeddings: EmbeddingsClient, name: str, model: str, *,
-                       batch: int = 128, drop_old: bool = False, progress: bool = True) -> Migration:
+def build(client: ClientAPI, embeddings: EmbeddingsClient, name: str, model: str, default_model: str, *,
+          batch: int = 128, progress: bool = False) -> Migration:
+    """Build (or bring up to date) the shadow of one collection; nothing Open WebUI reads changes."""
     started = time.perf_counter()
-    shadow_id, old_id = shadow_name(name, model), backup_name(name, model)
-    names = _names(client)
-    if name not in names and shadow_id in names and old_id in names:
-        client.get_collection(shadow_id).modify(name=name)  # finish a swap that was cut off
-        return _finish(client, Migration(name, "migrated", detail="finished an interrupted swap"), old_id, drop_old,
-                       started)
     source = client.get_collection(name)
     info = describe(source)
-    if info.models and set(info.models) == {model}:
-        return _finish(client, Migration(name, "already", info.count), old_id, drop_old, started)
     if not info.count:
-        return Migration(name, "skipped", 0, detail="empty")
-
-    shadow = client.get_or_create_collection(shadow_id, metadata=source.metadata or {"hnsw:space": "cosine"})
-    embedded = 0
-    # Two pages are embedding at any time, so the server has the next one queued while it answers one;
-    # pages are written in order as their vectors arrive (bench/bridge.py: pages of 64 one at a time ran
-    # at 0.62x the raw model's rate, pages of 128 two at a time at 0.72x).
-    with tqdm(total=info.count, unit="chunk", desc=name[:40], disable=not progress) as bar, \
-            ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
-        in_flight: deque[tuple[Page, Future[np.ndarray]]] = deque()
-        for page in _pages_to_embed(source, shadow, batch, bar):
-            texts = [(text or "").replace("\n", " ") for text in page.documents]
-            in_flight.append((page, pool.submit(embeddings.embed, model, texts, "document")))
-            if len(in_flight) == IN_FLIGHT:
-                embedded += _write(shadow, *in_flight.popleft(), model, bar)
-        while in_flight:
-            embedded += _write(shadow, *in_flight.popleft(), model, bar)
-    _verify(source, shadow)
-    source.modify(name=old_id)
-    shadow.modify(name=name)
-    return _finish(client, Migration(name, "migrated", info.count, embedded), old_id, drop_old, started)
+        return Migration(name, "skipped", detail="empty")
+    models = info.models or {default_model: info.count}
+    if set(models) == {model}:
+        return Migration(name, "already", info.count)
+    from_model = Counter(models).most_common(1)[0][0]
+    shadow = client.get_or_create_collection(
+        shadow_name(name, model), metadata={**(source.metadata or {"hnsw:space": "cosine"}), FROM_MODEL: from_model})
+    synced = sync_copy(source, shadow, embeddings, model, batch=batch, progress=progress)
+    return Migration(name, "migrated", synced.chunks, synced.embedded, synced.removed,
+                     time.perf_counter() - started)
 
 
-@dataclass
-class Page:
-    ids: list[str]
-    documents: list[str]
-    metadatas: list[Any]
+def finish_interrupted_swaps(client: ClientAPI, model: str) -> list[Migration]:
+    """A run killed between a collection's two renames left NAME free with both of its copies beside it."""
+    names = _names(client)
+    finished = []
+    for name in sorted(names):
+        part = migration_part(name)
+        if part and part[0] == "shadow" and name == shadow_name(part[1], model) and part[1] not in names \
+                and backup_name(part[1], model) in names:
+            client.get_collection(name).modify(name=part[1])
+            finished.append(Migration(part[1], "migrated", detail="finished an interrupted swap"))
+    return finished
 
 
-def _pages_to_embed(source: Collection, shadow: Collection, batch: int, bar: tqdm) -> Iterator[Page]:
-    """Pages of chunks the shadow does not hold yet (all of them, unless a killed run is resumed)."""
-    offset = 0
-    while True:
-        page = source.get(offset=offset, limit=batch, include=["documents", "metadatas"])
-        if not page["ids"]:
-            return
-        offset += len(page["ids"])
-        done = set(shadow.get(ids=page["ids"], include=[])["ids"])
-        todo = [i for i, chunk_id in enumerate(page["ids"]) if chunk_id not in done]
-        bar.update(len(page["ids"]) - len(todo))
-        if todo:
-            yield Page([page["ids"][i] for i in todo], [page["documents"][i] for i in todo],  # type: ignore[index]
-                       [page["metadatas"][i] for i in todo])  # type: ignore[index]
-
-
-def _write(shadow: Collection, page: Page, vectors: Future[np.ndarray], model: str, bar: tqdm) -> int:
-    shadow.upsert(ids=page.ids, embeddings=vectors.result(), documents=page.documents,
-                  metadatas=[with_model(metadata, model) for metadata in page.metadatas])
-    bar.update(len(page.ids))
-    return len(page.ids)
-
-
-def _verify(source: Collection, shadow: Collection) -> None:
-    want, have = set(source.get(include=[])["ids"]), set(shadow.get(include=[])["ids"])
-    if want != have:
-        raise MigrationError(f"{source.name}: the new vectors miss {len(want - have)} chunks and have "
-                             f"{len(have - want)} extra; nothing was swapped, run again")
-
-
-def _finish(client: ClientAPI, result: Migration, old_id: str, drop_old: bool, started: float) -> Migration:
-    if drop_old and old_id in _names(client):
-        client.delete_collection(old_id)
-        result.detail = (result.detail + "; " if result.detail else "") + "old vectors dropped"
-    result.seconds = time.perf_counter() - started
+def migrate_store(client: ClientAPI, embeddings: EmbeddingsClient, model: str, *, default_model: str,
+                  switch: Callable[[str], None] | None, only: list[str] | None = None, batch: int = 128,
+                  drop_old: bool = False, progress: bool = False) -> StoreMigration:
+    """Every collection (or ``only`` these) to ``model``, then ``switch`` Open WebUI to it at the cutover."""
+    result = StoreMigration(model, finish_interrupted_swaps(client, model))
+    built = _build_until_caught_up(client, embeddings, model, only, default_model, batch, progress)
+    result.collections += list(built.values())
+    swaps = [Swap(name, shadow_name(name, model), backup_name(name, model), model)
+             for name, done in built.items() if done.outcome == "migrated"]
+    if swaps or switch is not None:
+        result.cutover = swap_all(client, embeddings, swaps, lambda: switch(model) if switch else None, batch=batch)
+        result.openwebui = "switched" if switch else "not switched"
+        # Collections Open WebUI created during the cutover, with its previous model: moved right away.
+        late = _build_until_caught_up(client, embeddings, model, only, default_model, batch, progress)
+        late_swaps = [Swap(name, shadow_name(name, model), backup_name(name, model), model)
+                      for name, done in late.items() if done.outcome == "migrated"]
+        if late_swaps:
+            swap_all(client, embeddings, late_swaps, lambda: None, batch=batch)
+            result.collections += [done for done in late.values() if done.outcome == "migrated"]
+    if drop_old:
+        drop_backups(client, model, result)
     return result
+
+
+def _build_until_caught_up(client: ClientAPI, embeddings: EmbeddingsClient, model: str, only: list[str] | None,
+                           default_model: str, batch: int, progress: bool) -> dict[str, Migration]:
+    """Build every shadow, then catch up again while Open WebUI's writes during the last pass changed any."""
+    built: dict[str, Migration] = {}
+    for _ in range(CATCH_UP_PASSES):
+        changed = False
+        for name in plan(client, model, only, default_model):
+            done = build(client, embeddings, name, model, default_model, batch=batch, progress=progress)
+            previous = built.setdefault(name, done)
+            if previous is done:
+                changed |= done.outcome == "migrated"
+            elif done.outcome == "migrated":
+                previous.chunks, previous.seconds = done.chunks, previous.seconds + done.seconds
+                previous.embedded += done.embedded
+                previous.removed += done.removed
+                changed |= bool(done.embedded or done.removed)
+        if not changed:
+            break
+    return built
+
+
+def drop_backups(client: ClientAPI, model: str, result: StoreMigration) -> None:
+    names = _names(client)
+    for name in sorted(names):
+        part = migration_part(name)
+        if part and part[0] == "backup" and name == backup_name(part[1], model) and part[1] in names:
+            client.delete_collection(name)
+            result.collections.append(Migration(part[1], "already", detail="old vectors dropped"))
+
+
+def roll_back(client: ClientAPI, embeddings: EmbeddingsClient, model: str, *, switch: Callable[[str], None] | None,
+              batch: int = 128, progress: bool = False) -> StoreMigration:
+    """The store (and Open WebUI) back on the models it had before ``migrate --to model``, from the kept old
+    vectors; chunks written since the cutover are embedded with the old model first."""
+    names = _names(client)
+    pairs = [(part[1], name) for name in sorted(names)
+             if (part := migration_part(name)) and part[0] == "backup" and name == backup_name(part[1], model)]
+    if not pairs:
+        raise MigrationError(f"no old vectors are kept for a migration to {model!r}: nothing to roll back "
+                             "(they are gone after --drop-old)")
+    result = StoreMigration(model)
+    old_models: Counter[str] = Counter()
+    from_models: dict[str, str] = {}
+    for original, backup in pairs:
+        started = time.perf_counter()
+        if original not in names:  # a rollback killed between its two renames
+            client.get_collection(backup).modify(name=original)
+            result.collections.append(Migration(original, "rolled back", detail="finished an interrupted swap"))
+            continue
+        current = client.get_collection(original)
+        old = client.get_collection(backup)
+        from_model = (current.metadata or {}).get(FROM_MODEL) or _model_of(old)
+        if not from_model:
+            raise MigrationError(f"{original}: the model of its old vectors is unknown; roll back by hand")
+        old_models[from_model] += 1
+        from_models[original] = from_model
+        synced = sync_copy(current, old, embeddings, from_model, batch=batch, progress=progress)
+        result.collections.append(Migration(original, "rolled back", synced.chunks, synced.embedded, synced.removed,
+                                            time.perf_counter() - started))
+    swaps = [Swap(m.collection, backup_name(m.collection, model), shadow_name(m.collection, model), from_models[m.collection])
+             for m in result.collections if m.collection in from_models]
+    previous = old_models.most_common(1)[0][0] if old_models else None
+    result.cutover = swap_all(client, embeddings, swaps, lambda: switch(previous) if switch and previous else None,
+                              batch=batch)
+    result.model = previous or model
+    result.openwebui = f"switched back to {previous}" if switch and previous else "not switched"
+    return result
+
+
+def _model_of(collection: Any) -> str | None:
+    sample = collection.get(limit=50, include=["metadatas"])
+    models = Counter(m for m in map(recorded_model, sample["metadatas"] or []) if m)
+    return models.most_common(1)[0][0] if models else None
