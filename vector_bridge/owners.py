@@ -5,7 +5,9 @@ Open WebUI 0.12.4 names its Chroma collections (backend/open_webui/routers/*.py)
 
 - ``knowledge-bases``: one vector per Knowledge base (its name and description);
 - ``<knowledge id>`` (a UUID): the chunks of a Knowledge base; dropped when it is deleted;
-- ``file-<file id>``: the chunks of one uploaded file; dropped when the file is deleted;
+- ``file-<file id>``: the chunks of one uploaded file. Deleting the file does not drop it with Chroma:
+  Open WebUI's delete call names neither ids nor a filter, which its Chroma adapter ignores, so these
+  are the usual left-overs;
 - ``user-memory-<user id>``: a user's memories;
 - ``web-search-<user id>-<sha256 of the queries>`` cut to 63 characters (``web-search-<sha256>``
   before 0.11): the pages of one web search, which chats cite later;
