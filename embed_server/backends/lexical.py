@@ -152,10 +152,11 @@ class DocumentFrequencies:
         if self.path is None:
             return
         with self._saving:
-            with self._lock:
+            with self._lock:  # copy only: requests wait on this lock
                 counts, documents, unsaved = self.counts.copy(), self.documents, self._unsaved
-                seen = np.frombuffer(b"".join(sorted(self._seen)), dtype=np.uint8).reshape(-1, 12)
+                digests = list(self._seen)
                 self._unsaved = 0
+            seen = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 12)
             buffer = io.BytesIO()
             np.savez(buffer, counts=counts, documents=documents, seen=seen, dim=self.dim)
             try:
