@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
 
 from vector_bridge.embeddings import EmbeddingsClient
 from vector_bridge.shadow import all_ids, copy_chunks, fingerprints, sync_copy
 
-RENAME_THREADS = 8
+RENAME_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,16 @@ class Cutover:
 def swap_all(client: ClientAPI, embeddings: EmbeddingsClient, swaps: list[Swap], switch: Callable[[], None], *,
              batch: int = 128) -> Cutover:
     snapshots: dict[Swap, set[str]] = {}
+    pairs: list[tuple[Swap, Collection, Collection]] = []
     caught_up = 0
     for swap in swaps:  # the last catch-up: short, since the build and earlier catch-ups did the work
         live, standby = client.get_collection(swap.name), client.get_collection(swap.standby)
         caught_up += sync_copy(live, standby, embeddings, swap.model, batch=batch).embedded
         snapshots[swap] = set(all_ids(live))
+        pairs.append((swap, live, standby))
     started, started_at = time.perf_counter(), time.time()
     with ThreadPoolExecutor(max_workers=RENAME_THREADS) as pool:
-        list(pool.map(lambda swap: _rename_pair(client, swap), swaps))
+        list(pool.map(lambda pair: _rename_pair(*pair), pairs))
     renamed = time.perf_counter()
     switch()
     switched = time.perf_counter()
@@ -60,9 +63,9 @@ def swap_all(client: ClientAPI, embeddings: EmbeddingsClient, swaps: list[Swap],
                    round(switched - renamed, 4), caught_up, settled, started_at)
 
 
-def _rename_pair(client: ClientAPI, swap: Swap) -> None:
-    # Fetch both first: the name is free only for the instant between the two renames.
-    live, standby = client.get_collection(swap.name), client.get_collection(swap.standby)
+def _rename_pair(swap: Swap, live: Collection, standby: Collection) -> None:
+    # Both collections were fetched before the window opened: inside it, two requests per collection, back
+    # to back, so its name is free only for the instant between them.
     live.modify(name=swap.parked)
     standby.modify(name=swap.name)
 
