@@ -153,3 +153,19 @@ class OpenWebUIClient:
         if mismatched:
             raise OpenWebUIError(f"Open WebUI did not take: {', '.join(mismatched)}")
         return current
+
+    # Crash recovery for ingest: find uploads an earlier (killed) run left behind, watch and adopt them.
+    def search_files(self, filename: str) -> list[dict]:
+        """Files whose name matches ``filename`` (``*`` and ``?`` are wildcards), newest first, without their
+        text; an admin sees every user's. Open WebUI answers "no match" with 404: that is an empty list here."""
+        try:
+            return self._call("GET", "/api/v1/files/search",
+                              params={"filename": filename, "content": "false", "limit": 1000})
+        except OpenWebUIError as error:
+            if error.status == 404:
+                return []
+            raise
+
+    def processing_status(self, file_id: str) -> str:
+        """pending, processing, completed or failed (one poll; ``wait_for_processing`` loops on it)."""
+        return self._call("GET", f"/api/v1/files/{file_id}/process/status").get("status", "pending")
