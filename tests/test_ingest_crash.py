@@ -363,6 +363,32 @@ def test_open_webui_killed_while_processing_a_file(stack: Stack, environment: di
 
 
 @pytest.mark.openwebui
+@pytest.mark.slow
+def test_upload_orphaned_by_a_crash_between_runs_is_finished(stack: Stack, webui: OpenWebUIClient,
+                                                              tmp_path: Path) -> None:
+    """ingest killed, then Open WebUI crashed while processing the file: the upload sits in "processing"
+    for good. The next run sees it make no progress for ``stall_after`` and finishes it, once."""
+    folder = make_folder(tmp_path / "docs", {"orphan.txt": "\n\n".join(abstracts(30, skip=2600))})
+    knowledge_id = webui.create_knowledge("orphaned")["id"]
+    orphan = upload_as_a_run_does(webui, knowledge_id, folder / "orphan.txt")
+    deadline = time.monotonic() + 60
+    while webui.processing_status(orphan) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    stack.openwebui.process.send_signal(signal.SIGKILL)
+    stack.openwebui.process.wait()
+    stack.openwebui.spawn()
+    stack.openwebui.wait_ready()
+    assert webui.processing_status(orphan) == "processing"  # never to move again
+
+    report = ingest(webui, knowledge_id, [folder], progress=False, stall_after=5)
+    [item] = report.files
+    assert item.outcome == "uploaded", item
+    print(f"orphan: {item.detail or 'uploaded again'}")
+    assert_one_current_copy_each(stack, webui, knowledge_id, folder)
+
+
+@pytest.mark.openwebui
 def test_missing_knowledge_base_is_an_error_not_a_retry(stack: Stack, webui: OpenWebUIClient, tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="pass --create"):
         ingest(webui, "no such base", [tmp_path], progress=False, retry=FAST_RETRY)

@@ -163,6 +163,7 @@ class Copy:
     status: str | None
     created_at: float
     updated_at: float
+    size: int
 
     @classmethod
     def of(cls, record: dict) -> Copy:
@@ -170,7 +171,8 @@ class Copy:
         created = float(record.get("created_at") or 0)
         return cls(record["id"], record.get("filename") or meta.get("name") or "", meta.get("file_hash"),
                    record.get("hash"), (meta.get("data") or {}).get("knowledge_id"),
-                   (record.get("data") or {}).get("status"), created, float(record.get("updated_at") or created))
+                   (record.get("data") or {}).get("status"), created, float(record.get("updated_at") or created),
+                   int(meta.get("size") or 0))
 
     def abandoned(self, stall_after: float) -> bool:
         """Left unfinished by an Open WebUI that has stopped since (judged by Open WebUI's timestamps)."""
@@ -247,7 +249,7 @@ class Uploader:
     """Gets one complete, linked copy of a local file into the Knowledge base, reusing what an earlier run
     left in flight."""
 
-    def __init__(self, webui: OpenWebUIClient, calls: Calls, knowledge_id: str, stall_after: float) -> None:
+    def __init__(self, webui: OpenWebUIClient, calls: Calls, knowledge_id: str, stall_after: float | None) -> None:
         self.webui = webui
         self.calls = calls
         self.knowledge_id = knowledge_id
@@ -267,7 +269,8 @@ class Uploader:
             if copy.status == "completed":
                 return copy.id, "an earlier run's upload"  # completed since this run listed the Knowledge base
             if copy.status in ("pending", "processing"):
-                state = "stalled" if copy.abandoned(self.stall_after) else self.settle(copy.id)
+                bound = self.stall_bound(copy.size)
+                state = "stalled" if copy.abandoned(bound) else self.settle(copy.id, bound)
                 if state == "completed":
                     return copy.id, "an earlier run's upload"
                 if state == "stalled" and self.take_over(copy.id):
@@ -279,7 +282,7 @@ class Uploader:
         for _ in range(2):
             file_id = self.upload(path, digest, known)
             known.add(file_id)
-            state = self.settle(file_id)
+            state = self.settle(file_id, self.stall_bound(path.stat().st_size))
             if state == "completed":
                 return file_id, "; ".join(notes)
             if state == "stalled":
@@ -307,7 +310,14 @@ class Uploader:
                             before_retry=arrived_anyway)
         return record["id"]
 
-    def settle(self, file_id: str) -> Settled:
+    def stall_bound(self, size: int) -> float:
+        """Seconds one processing step may show no change before the upload counts as lost: 2 minutes plus
+        one per MB. Generous, since Open WebUI extracts a long PDF for minutes without a sign of life and
+        finishing a live upload in the foreground would index it twice; a restart seen during the run
+        (refused connections) needs no wait at all."""
+        return self.stall_after if self.stall_after is not None else 120.0 + 60.0 * size / 1e6
+
+    def settle(self, file_id: str, stall_after: float) -> Settled:
         """Wait for Open WebUI's background processing of a file to end; "stalled" when it never will: Open
         WebUI was unreachable meanwhile (a restart ends background work), or nothing moved for ``stall_after``."""
         outages = self.calls.outages
@@ -322,7 +332,7 @@ class Uploader:
                 return "stalled"
             if status != last:
                 last, since = status, now
-            elif now - since > self.stall_after:
+            elif now - since > stall_after:
                 return "stalled"
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
@@ -356,10 +366,9 @@ class Uploader:
 
 def ingest(webui: OpenWebUIClient, knowledge: str, paths: list[Path], *, create: bool = False,
            concurrency: int = 4, progress: bool = True, retry: RetryPolicy = RetryPolicy(),
-           stall_after: float = 900.0) -> Report:
-    """``stall_after``: seconds an upload may sit in one processing step before it counts as lost. Generous:
-    Open WebUI extracts a long PDF for minutes without a sign of life, and finishing a live upload in the
-    foreground would index it twice. A restart seen during the run (refused connections) needs no wait."""
+           stall_after: float | None = None) -> Report:
+    """``stall_after``: seconds an upload may sit in one processing step before it counts as lost (default:
+    by its size, see ``Uploader.stall_bound``)."""
     calls = Calls(retry)
     knowledge_id = calls("find the Knowledge base", lambda: resolve_knowledge(webui, knowledge, create))
     report = Report(knowledge_id)
@@ -403,11 +412,13 @@ def tidy(webui: OpenWebUIClient, calls: Calls, knowledge_id: str, by_name: dict[
          before: dict[str, list[Copy]], sent: dict[str, FileOutcome]) -> list[FileOutcome]:
     """Each name's final outcome, after removing its other copies (older versions, duplicates an earlier
     killed run left) from a fresh listing; a name with no complete current copy keeps what it has."""
+    held: dict[str, list[Copy]] | None = None
+    listing_error = ""
     try:
         held = calls("list the Knowledge base", lambda: knowledge_copies(webui, knowledge_id))
     except (IngestError, OpenWebUIError, httpx.HTTPError) as error:
         # The new versions are in; the old ones stay until a run can list the Knowledge base again.
-        held, listing_error = None, describe(error)
+        listing_error = describe(error)
     outcomes: list[FileOutcome] = []
     for name, path in sorted(by_name.items()):
         result = sent.get(name)
