@@ -286,7 +286,8 @@ def test_hidden_folders_are_not_uploaded(stack: Stack, webui: OpenWebUIClient, t
 @pytest.mark.slow
 def test_open_webui_restarted_mid_run(stack: Stack, environment: dict[str, str], webui: OpenWebUIClient,
                                      tmp_path: Path) -> None:
-    folder = make_folder(tmp_path / "docs", {f"doc-{i:02d}.txt": text for i, text in enumerate(abstracts(40, skip=1500))})
+    texts = abstracts(40, skip=1500)
+    folder = make_folder(tmp_path / "docs", {f"doc-{i:02d}.txt": text for i, text in enumerate(texts)})
     knowledge_id = webui.create_knowledge("restarted")["id"]
     result: dict[str, Report | BaseException] = {}
 

@@ -175,7 +175,8 @@ class Copy:
                    int(meta.get("size") or 0))
 
     def abandoned(self, stall_after: float) -> bool:
-        """Left unfinished by an Open WebUI that has stopped since (judged by Open WebUI's timestamps)."""
+        """Left unfinished by an Open WebUI that has stopped since (Open WebUI's timestamps against this
+        machine's clock: an hour's skew would matter, seconds do not)."""
         now = time.time()
         if self.status == "pending":
             return now - self.created_at > PENDING_NEVER_STARTED_AFTER
@@ -287,7 +288,8 @@ class Uploader:
                 return file_id, "; ".join(notes)
             if state == "stalled":
                 if self.take_over(file_id):
-                    return file_id, "; ".join([*notes, "Open WebUI stopped while processing it; finished with file/add"])
+                    notes.append("Open WebUI stopped while processing it; finished with file/add")
+                    return file_id, "; ".join(notes)
                 notes.append("Open WebUI stopped before extracting it; uploaded again")
                 continue
             # The status route leaves the reason out; the file's record has it, and the extracted text.
