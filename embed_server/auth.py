@@ -34,13 +34,13 @@ class Access(Enum):
     USER = "user"
 
 
-def access_for(path: str) -> Access:
+def access_for(path: str, keyed: tuple[str, ...] = KEYED_ROUTES, user: tuple[str, ...] = USER_ROUTES) -> Access:
     def under(routes: tuple[str, ...]) -> bool:
         return any(path == route or path.startswith(route + "/") for route in routes)
 
-    if under(KEYED_ROUTES):
+    if under(keyed):
         return Access.KEY
-    if under(USER_ROUTES):
+    if under(user):
         return Access.USER
     return Access.OPEN
 
@@ -133,12 +133,14 @@ class FailedAttempts:
 class AccessGate:
     """Admits or refuses a request from its path and headers alone, before its body is read."""
 
-    def __init__(self, keys: KeyGuard, failures: FailedAttempts) -> None:
+    def __init__(self, keys: KeyGuard, failures: FailedAttempts, *, keyed: tuple[str, ...] = KEYED_ROUTES,
+                 user: tuple[str, ...] = USER_ROUTES) -> None:
         self.keys = keys
         self.failures = failures
+        self.keyed, self.user = keyed, user
 
     def refusal(self, path: str, authorization: str | None, client_host: str | None) -> APIError | None:
-        access = access_for(path)
+        access = access_for(path, self.keyed, self.user)
         if access is Access.OPEN:
             return None
         try:

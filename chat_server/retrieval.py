@@ -1,0 +1,69 @@
+"""Retrieval over the Knowledge bases a caller may read, all searched at once.
+
+Each Knowledge base is searched with the model that embedded it (dense or hybrid, as stored), in parallel.
+Cosine scores of different models are not comparable, so results are fused by rank, not by score:
+reciprocal rank fusion, ``sum over lists of 1 / (60 + rank)`` (Cormack et al., 2009), which for a single
+Knowledge base keeps its own order. The fused top k reach the prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from chromadb.api import ClientAPI
+
+from vector_bridge.access import KnowledgeBase
+from vector_bridge.embeddings import EmbeddingsClient
+from vector_bridge.search import SearchError, embedding_model, nearest_chunks, open_collection
+
+RRF_K = 60
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    knowledge: KnowledgeBase
+    chunk_id: str
+    text: str
+    score: float  # cosine similarity under the Knowledge base's own model
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or self.metadata.get("source") or self.knowledge.name)
+
+
+async def retrieve(store: ClientAPI, embeddings: EmbeddingsClient, bases: list[KnowledgeBase], question: str,
+                   k: int) -> list[Source]:
+    found = await asyncio.gather(*(asyncio.to_thread(_search_one, store, embeddings, base, question, k)
+                                   for base in bases))
+    return fuse(found, k)
+
+
+def _search_one(store: ClientAPI, embeddings: EmbeddingsClient, base: KnowledgeBase, question: str,
+                k: int) -> list[Source]:
+    try:
+        collection = open_collection(store, base.id)  # a Knowledge base with no files yet has none
+        if not collection.count():
+            return []
+        model = embedding_model(collection)
+    except SearchError as error:  # no collection, or no single model this server can tell
+        log.warning("Knowledge base skipped", extra={"knowledge": base.id, "reason": str(error)})
+        return []
+    [vector] = embeddings.embed(model, [question], "query")
+    return [Source(base, hit.id, hit.text, hit.score, hit.metadata) for hit in nearest_chunks(collection, vector, k)]
+
+
+def fuse(ranked_lists: list[list[Source]], k: int) -> list[Source]:
+    scores: dict[tuple[str, str], float] = {}
+    by_key: dict[tuple[str, str], Source] = {}
+    for ranked in ranked_lists:
+        for rank, source in enumerate(ranked, 1):
+            key = (source.knowledge.id, source.chunk_id)
+            scores[key] = scores.get(key, 0.0) + 1 / (RRF_K + rank)
+            by_key.setdefault(key, source)
+    order = sorted(scores, key=lambda key: (-scores[key], -by_key[key].score))
+    return [by_key[key] for key in order[:k]]
