@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return (self.public_url or f"http://{host}:{self.port}").rstrip("/") + "/v1"
 
+    @property
+    def chat_url(self) -> str:
+        """The chat server's /v1 base URL, as Open WebUI reaches it on this host."""
+        host = "127.0.0.1" if self.chat_host in ("0.0.0.0", "::") else self.chat_host
+        return f"http://{host}:{self.chat_port}/v1"
+
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:

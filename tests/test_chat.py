@@ -145,9 +145,7 @@ def test_a_generator_that_is_down_is_a_clear_503(stack: Stack, people: dict) -> 
 def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, people: dict, stack: Stack) -> None:
     admin = people["admin"]
     # Our server as an OpenAI connection that forwards each user's own session: it answers as that user.
-    admin._call("POST", "/openai/config/update", json={
-        "ENABLE_OPENAI_API": True, "OPENAI_API_BASE_URLS": [chat], "OPENAI_API_KEYS": [""],
-        "OPENAI_API_CONFIGS": {"0": {"enable": True, "auth_type": "session"}}})
+    assert admin.add_chat_connection(chat) == {"url": chat, "auth_type": "session"}
     alice = people["alice"]["client"]
     model = f"knowledge-{people['knowledge']}"
     listed = {m["id"] for m in alice._call("GET", "/api/models")["data"]}
@@ -169,3 +167,14 @@ def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, peo
     sources = [e["data"] for e in events if e.get("type") == "source"]
     assert sources and {s["source"]["name"] for s in sources} & people["questions"][question]
     (ARTIFACTS / "chat-through-open-webui.json").write_text(json.dumps({"answer": text, "sources": sources}, indent=1))
+
+
+def test_a_connection_that_sends_one_fixed_key_for_every_user_is_refused(chat: str, people: dict) -> None:
+    """Open WebUI forwards who it calls for; a key of someone else (a connection set up with Alice's key,
+    used by Bob) would answer Bob from Alice's Knowledge, so the server refuses it."""
+    bob_id = people["bob"]["client"].session_user()["id"]
+    for credential in (people["alice"]["api_key"], people["alice"]["token"]):
+        answer = httpx.get(f"{chat}/models", headers={"Authorization": f"Bearer {credential}",
+                                                      "X-OpenWebUI-User-Id": bob_id}, timeout=60)
+        assert answer.status_code == 403 and "Session" in answer.json()["error"]["message"]
+        assert people["knowledge"] not in answer.text

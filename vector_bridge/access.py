@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -42,34 +44,53 @@ class KnowledgeAccess:
     def __init__(self, openwebui_url: str, *, ttl_seconds: float, timeout: float = 15) -> None:
         self._http = httpx.AsyncClient(base_url=openwebui_url.rstrip("/"), timeout=timeout)
         self._ttl = ttl_seconds
-        self._answers: dict[str, tuple[float, list[KnowledgeBase]]] = {}
+        self._answers: dict[tuple[str, str], tuple[float, Any]] = {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def readable(self, token: str) -> list[KnowledgeBase]:
         """Every Knowledge base the holder of ``token`` may read in Open WebUI."""
-        caller = hashlib.sha256(token.encode()).hexdigest()
+        return await self._cached("knowledge", token, self._knowledge)
+
+    async def session_user(self, token: str) -> str | None:
+        """The id of the user whose session ``token`` is; None for a credential that is not a person's session
+        (an API key: Open WebUI tells who holds a key only to that person's browser session)."""
+        return await self._cached("user", token, self._session_user)
+
+    async def _cached(self, what: str, token: str, ask: Callable[[str], Awaitable[Any]]) -> Any:
+        key = (what, hashlib.sha256(token.encode()).hexdigest())
         now = time.monotonic()
-        cached = self._answers.get(caller)
+        cached = self._answers.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        bases = await self._ask(token)
+        answer = await ask(token)
         if len(self._answers) >= _MAX_CACHED_CALLERS:
-            self._answers = {key: value for key, value in self._answers.items() if value[0] > now}
+            self._answers = {k: value for k, value in self._answers.items() if value[0] > now}
         if self._ttl > 0 and len(self._answers) < _MAX_CACHED_CALLERS:
-            self._answers[caller] = (now + self._ttl, bases)
-        return bases
+            self._answers[key] = (now + self._ttl, answer)
+        return answer
 
-    async def _ask(self, token: str) -> list[KnowledgeBase]:
-        headers = {"Authorization": f"Bearer {token}"}
+    async def _get(self, path: str, token: str, **params: object) -> httpx.Response:
+        try:
+            response = await self._http.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as error:
+            raise OpenWebUIUnavailable(f"Open WebUI could not be reached ({type(error).__name__})") from None
+        if response.status_code == 401:
+            raise CredentialRefused("Open WebUI did not accept this API key or token.")
+        if response.status_code >= 500:
+            raise OpenWebUIUnavailable(f"Open WebUI answered {response.status_code}")
+        return response
+
+    async def _session_user(self, token: str) -> str | None:
+        response = await self._get("/api/v1/auths/", token)
+        return str(response.json().get("id") or "") or None if response.status_code == 200 else None
+
+    async def _knowledge(self, token: str) -> list[KnowledgeBase]:
         found: list[KnowledgeBase] = []
         for page in range(1, _MAX_PAGES + 1):
-            try:
-                response = await self._http.get("/api/v1/knowledge/", params={"page": page}, headers=headers)
-            except httpx.HTTPError as error:
-                raise OpenWebUIUnavailable(f"Open WebUI could not be reached ({type(error).__name__})") from None
-            if response.status_code in (401, 403):
+            response = await self._get("/api/v1/knowledge/", token, page=page)
+            if response.status_code == 403:
                 raise CredentialRefused("Open WebUI did not accept this API key or token.")
             if response.status_code >= 400:
                 raise OpenWebUIUnavailable(f"Open WebUI answered {response.status_code} to a Knowledge listing")

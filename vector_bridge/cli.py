@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNot
 from vector_bridge.ingest import IngestError, ingest
 from vector_bridge.migrate import MigrationError, migrate_store, roll_back
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
-from vector_bridge.openwebui_env import PERSISTENT_CONFIG_NOTE, openwebui_environment, render_env_file
+from vector_bridge.openwebui_env import (CHAT_CONNECTION_NOTE, PERSISTENT_CONFIG_NOTE, chat_connection_environment,
+                                        openwebui_environment, render_env_file)
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
                                   nearest_chunks, open_collection)
 from vector_bridge.stack import openwebui_venv, run_stack
@@ -33,17 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start Chroma and the embeddings server, supervise them")
     up.add_argument("--with-openwebui", action="store_true", help="also start a pre-wired Open WebUI (installed once)")
+    up.add_argument("--with-chat", action="store_true", help="also start the Knowledge chat server (OpenAI-compatible)")
 
     commands.add_parser("install-openwebui", help="install Open WebUI into its cached venv (once per version)")
 
     env = commands.add_parser("openwebui-env", help="print the environment block for Open WebUI")
     env.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
+    env.add_argument("--chat", action="store_true", help="also the lines that connect the Knowledge chat server")
     env.add_argument("--json", action="store_true")
 
     apply = commands.add_parser("openwebui-apply", help="switch a running Open WebUI to this stack, live")
     apply.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
     apply.add_argument("--token", help="admin API key or token (env OPENWEBUI_API_KEY)")
     apply.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
+    apply.add_argument("--chat", action="store_true", help="also add the Knowledge chat server as a connection that "
+                                                           "forwards each user's session")
     apply.add_argument("--json", action="store_true")
 
     find = commands.add_parser("search", help="top chunks of a Knowledge base, embedded with its own model")
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "up":
-        return run_stack(settings, config_file=args.config, with_openwebui=args.with_openwebui)
+        return run_stack(settings, config_file=args.config, with_openwebui=args.with_openwebui,
+                         with_chat=args.with_chat)
 
     if args.command == "install-openwebui":
         print(openwebui_venv(settings))
@@ -117,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "openwebui-env":
         env = openwebui_environment(settings, args.model)
+        if args.chat:
+            env |= chat_connection_environment(settings)
         print(json.dumps(env, indent=2) if args.json else render_env_file(env), end="\n" if args.json else "")
+        if args.chat and not args.json:
+            print("\n".join(f"# {line}" for line in textwrap.wrap(CHAT_CONNECTION_NOTE, 96)))
         return 0
 
     if args.command == "search":
@@ -142,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             print("vector-bridge: an admin token is needed (--token or OPENWEBUI_API_KEY)", file=sys.stderr)
             return 2
         try:
-            applied = OpenWebUIClient(url, token).apply_embedding_config(settings, args.model)
+            with OpenWebUIClient(url, token) as webui:
+                applied = webui.apply_embedding_config(settings, args.model)
+                if args.chat:
+                    applied["chat_connection"] = webui.add_chat_connection(settings.chat_url)
         except (OpenWebUIError, httpx.HTTPError) as error:
             print(f"vector-bridge: {error}", file=sys.stderr)
             return 1

@@ -169,3 +169,20 @@ class OpenWebUIClient:
     def processing_status(self, file_id: str) -> str:
         """pending, processing, completed or failed (one poll; ``wait_for_processing`` loops on it)."""
         return self._call("GET", f"/api/v1/files/{file_id}/process/status").get("status", "pending")
+
+    # The Knowledge chat server as a model connection
+    def add_chat_connection(self, url: str) -> dict:
+        """Our chat server as an OpenAI connection whose auth forwards each user's own session ("Session" in
+        Admin > Settings > Connections): it then answers every user from the Knowledge that user may read."""
+        config = self._call("GET", "/openai/config")
+        urls = list(config.get("OPENAI_API_BASE_URLS") or [])
+        keys = list(config.get("OPENAI_API_KEYS") or [])
+        configs = dict(config.get("OPENAI_API_CONFIGS") or {})
+        if url not in urls:
+            urls.append(url)
+            keys += [""] * (len(urls) - len(keys))
+        index = str(urls.index(url))
+        configs[index] = {**configs.get(index, {}), "enable": True, "auth_type": "session"}
+        self._call("POST", "/openai/config/update", json={"ENABLE_OPENAI_API": True, "OPENAI_API_BASE_URLS": urls,
+                                                          "OPENAI_API_KEYS": keys, "OPENAI_API_CONFIGS": configs})
+        return {"url": url, "auth_type": "session"}

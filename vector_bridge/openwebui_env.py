@@ -41,6 +41,18 @@ def openwebui_environment(settings: Settings, model: str | None = None) -> dict[
     return env
 
 
+CHAT_CONNECTION_NOTE = (
+    "The Knowledge chat server as an Open WebUI connection. Its key stays empty: the connection's auth must be "
+    "'Session' (Admin > Settings > Connections, or `vector-bridge openwebui-apply --chat`), so that each user's "
+    "own session reaches the server and it answers from that user's Knowledge only; until then it refuses."
+)
+
+
+def chat_connection_environment(settings: Settings) -> dict[str, str]:
+    return {"ENABLE_OPENAI_API": "true", "OPENAI_API_BASE_URLS": settings.chat_url, "OPENAI_API_KEYS": "",
+            "ENABLE_FORWARD_USER_INFO_HEADERS": "true"}
+
+
 def render_env_file(env: dict[str, str]) -> str:
     lines = [f"# {line}" for line in textwrap.wrap(PERSISTENT_CONFIG_NOTE, 96)]
     lines += [f"{name}={value}" for name, value in env.items()]

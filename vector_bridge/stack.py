@@ -130,6 +130,15 @@ def embed_service(settings: Settings, config_file: str | None) -> Service:
                    settings.log_dir / "embed-server.log", env=env)
 
 
+def chat_service(settings: Settings, config_file: str | None) -> Service:
+    command = [sys.executable, "-m", "chat_server.cli", "--host", settings.chat_host, "--port", str(settings.chat_port)]
+    if config_file:
+        command += ["--config", config_file]
+    # The first start converts the offline generator's GGUF weights once (a minute on a small CPU).
+    return Service("chat", command, f"{settings.chat_url.removesuffix('/v1')}/ready", settings.log_dir / "chat-server.log",
+                   env=bridge_environment(settings), ready_timeout=600)
+
+
 def bridge_environment(settings: Settings) -> dict[str, str]:
     """What the server's /v1/search needs to see the same store and Open WebUI as this process."""
     env = {"EMBED_CHROMA_HOST": settings.chroma_host, "EMBED_CHROMA_PORT": str(settings.chroma_port),
@@ -228,12 +237,15 @@ def exposure_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def run_stack(settings: Settings, *, config_file: str | None = None, with_openwebui: bool = False) -> int:
+def run_stack(settings: Settings, *, config_file: str | None = None, with_openwebui: bool = False,
+              with_chat: bool = False) -> int:
     if problems := exposure_problems(settings):
         for problem in problems:
             print(f"vector-bridge: {problem}", file=sys.stderr)
         return 2
     services = [chroma_service(settings), embed_service(settings, config_file)]
+    if with_chat:
+        services.append(chat_service(settings, config_file))
     if with_openwebui:
         services.append(openwebui_service(settings))
     supervisor = Supervisor(services)
@@ -247,6 +259,8 @@ def run_stack(settings: Settings, *, config_file: str | None = None, with_openwe
         supervisor.start()
         print(f"Chroma store      http://{settings.chroma_host}:{settings.chroma_port}", flush=True)
         print(f"Embeddings API    {settings.embeddings_url}", flush=True)
+        if with_chat:
+            print(f"Knowledge chat    {settings.chat_url}", flush=True)
         if with_openwebui:
             print(f"Open WebUI        {settings.openwebui_url}", flush=True)
         print(f"Logs              {settings.log_dir}/   (Ctrl-C stops everything)", flush=True)

@@ -23,7 +23,7 @@ from chat_server.retrieval import Source, retrieve
 from chat_server.schemas import ChatRequest, SourceOut
 from config import Settings
 from embed_server.auth import bearer_token
-from embed_server.errors import APIError, AuthenticationFailed, ModelNotFound
+from embed_server.errors import APIError, AuthenticationFailed, ModelNotFound, PermissionDenied
 from vector_bridge.access import CredentialRefused, KnowledgeAccess, KnowledgeBase, OpenWebUIUnavailable
 
 router = APIRouter()
@@ -48,13 +48,21 @@ def model_id(base: KnowledgeBase) -> str:
 
 async def readable_bases(request: Request) -> list[KnowledgeBase]:
     access: KnowledgeAccess = request.app.state.knowledge_access
+    token = bearer_token(request.headers.get("authorization"))
     try:
-        return await access.readable(bearer_token(request.headers.get("authorization")))
+        bases = await access.readable(token)
+        # Open WebUI names the user it calls for (ENABLE_FORWARD_USER_INFO_HEADERS). A connection set up with one
+        # fixed key would answer every user from that key's Knowledge: refused. Its auth must forward the session.
+        forwarded = request.headers.get("x-openwebui-user-id")
+        if forwarded is not None and await access.session_user(token) != forwarded:
+            raise PermissionDenied("Open WebUI called for another user than the credential it sent belongs to: set "
+                                   "this connection's auth to 'Session' so each user's own session reaches this server.")
     except CredentialRefused as error:
         request.app.state.failed_attempts.record(request.client.host if request.client else None)
         raise AuthenticationFailed(str(error), headers={"WWW-Authenticate": "Bearer"}) from None
     except OpenWebUIUnavailable as error:
         raise UpstreamUnavailable(f"Open WebUI, which says who may read what, is unavailable: {error}") from None
+    return bases
 
 
 @router.get("/v1/models", summary="One model per Knowledge base the caller may read, and one over all of them")
