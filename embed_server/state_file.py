@@ -56,7 +56,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             finally:
                 os.close(descriptor)
             os.replace(temporary, path)
-            _fsync_folder(path.parent)  # the rename itself must reach the disk too
+            fsync_folder(path.parent)  # the rename itself must reach the disk too
     except OSError as error:
         with suppress(OSError):  # the folder itself may be what failed
             temporary.unlink(missing_ok=True)
@@ -109,7 +109,8 @@ def remove_stale_temporaries(path: Path, older_than_seconds: float = 3600) -> No
         pass  # only tidying: never a reason to fail a start
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable: the folder entry must reach the disk too."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)

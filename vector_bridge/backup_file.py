@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from embed_server.state_file import fsync_folder  # noqa: F401 - re-exported for backup and restore
+
 FORMAT = "vector-bridge-backup"
 VERSION = 1
 PAGE = 1000  # chunks read from or written to Chroma per request
@@ -69,14 +71,6 @@ def private_gzip(path: Path) -> Iterator[IO[bytes]]:
             yield out
         raw.flush()
         os.fsync(raw.fileno())
-
-
-def fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
