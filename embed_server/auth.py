@@ -89,7 +89,7 @@ class KeyGuard:
 
     def admit(self, authorization: str | None, client_host: str | None) -> None:
         """Raise AuthenticationFailed or RateLimited unless the request may go on."""
-        identity = self._authenticate(authorization) if self._keys else f"host:{client_host}"
+        identity = self.authenticate(authorization) if self._keys else f"host:{client_host}"
         self.count(identity)
 
     def count(self, identity: str) -> None:
@@ -99,7 +99,7 @@ class KeyGuard:
             raise RateLimited(f"Rate limit reached: {self._limit}. Retry after {wait} s.",
                               headers={"Retry-After": str(wait)})
 
-    def _authenticate(self, authorization: str | None) -> str:
+    def authenticate(self, authorization: str | None) -> str:
         token = bearer_token(authorization)
         if not self._keys.holds(token):
             raise AuthenticationFailed("Incorrect API key provided.", headers={"WWW-Authenticate": "Bearer"})
@@ -120,6 +120,16 @@ class FailedAttempts:
 
     def record(self, client_host: str | None) -> None:
         self._limiter.hit(self._limit, f"host:{client_host}")
+
+    def refuse(self, client_host: str | None, error: APIError) -> APIError:
+        """The answer to a failed credential check: counted, or 429 once this address has used up its failures.
+        Only failures are judged here, so a valid credential from a busy shared address is never locked out."""
+        try:
+            self.check(client_host)
+        except RateLimited as limited:
+            return limited
+        self.record(client_host)
+        return error
 
     def check(self, client_host: str | None) -> None:
         """RateLimited when this address has used up its failed attempts."""
@@ -144,15 +154,13 @@ class AccessGate:
         if access is Access.OPEN:
             return None
         try:
-            self.failures.check(client_host)
             if access is Access.KEY:
                 self.keys.admit(authorization, client_host)
             else:
                 # Checked against Open WebUI or the admin keys by the route; rate-limited like a key here.
                 self.keys.count(key_identity(bearer_token(authorization)))
         except AuthenticationFailed as error:
-            self.failures.record(client_host)
-            return error
+            return self.failures.refuse(client_host, error)
         except RateLimited as error:
             return error
         return None

@@ -30,6 +30,13 @@ def client_family(headers: dict[bytes, bytes]) -> str:
     return "other"
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the root path a proxy mounts it under (``--root-path``), as
+    Starlette's router strips it; matching the raw path would let ``/<root>/v1/...`` pass unchecked."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
 def route_label(path: str) -> str:
     for route in ROUTES:
         if path == route or path.startswith(route + "/"):
@@ -67,7 +74,7 @@ class RequestGuard:
         try:
             client_host = scope["client"][0] if scope.get("client") else None
             authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-            refusal = self.gate.refusal(scope["path"], authorization, client_host)
+            refusal = self.gate.refusal(route_path(scope), authorization, client_host)
             if refusal is not None:
                 await _send_error(send_and_record, refusal)
                 return
@@ -92,7 +99,7 @@ class RequestGuard:
         headers = dict(scope["headers"])
         client_host = scope["client"][0] if scope.get("client") else None
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-        if self.gate.refusal(scope["path"], authorization, client_host) is None:
+        if self.gate.refusal(route_path(scope), authorization, client_host) is None:
             await self.app(scope, receive, send)
             return
         await receive()  # websocket.connect

@@ -284,3 +284,30 @@ def test_restore_replace_killed_anywhere_loses_nothing_and_a_rerun_finishes(
     final = snapshot(settings)
     assert sorted(final) == sorted([*new, "file-not-in-the-backup"])  # no temporary collection left
     assert_identical(new, {name: final[name] for name in new})
+
+
+def test_a_name_open_webui_recreates_between_the_renames_is_settled_then_replaced(chroma, tmp_path: Path) -> None:
+    """Open WebUI creates a collection when it writes to a name that does not exist: a restore killed between
+    its two renames can find the name taken by a new collection holding a user's fresh chunk."""
+    settings, _ = chroma
+    fill_like_open_webui(settings)
+    new = snapshot(settings)
+    backup_file = tmp_path / "store.vbak"
+    assert main(["backup", str(backup_file)]) == 0
+    change_store(settings)
+    killed = subprocess.run([sys.executable, "-c", KILLER, "modify", "after", "1", str(backup_file)], cwd=REPO,
+                            env={**os.environ, "EMBED_CHROMA_PORT": str(settings.chroma_port)},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    client = connect(settings)
+    names = {c.name for c in client.list_collections()}
+    [cut] = [n for n in new if n not in names and n + ".replaced" in names]
+    client.create_collection(cut, metadata={"hnsw:space": "cosine"}).add(
+        ids=["written-in-the-gap"], documents=["a user's new chunk"], embeddings=np.ones((1, 384), np.float32),
+        metadatas=[{"embedding_config": CONFIG}])
+
+    assert main(["restore", str(backup_file), "--replace"]) == 0
+    final = snapshot(settings)
+    assert sorted(final) == sorted([*new, "file-not-in-the-backup"])  # no temporary collection left
+    # The name is settled first with the newcomer's chunk kept, then --replace makes it the backup, as asked.
+    assert_identical(new, {name: final[name] for name in new})

@@ -170,3 +170,30 @@ def test_migrate_without_an_open_webui_token_refuses_unless_store_only(services,
 def test_migrate_refuses_a_model_the_server_does_not_serve(services, capsys: pytest.CaptureFixture) -> None:
     assert main(["migrate", "--to", "no-such-model", "--store-only"]) == 1
     assert "does not serve 'no-such-model'" in capsys.readouterr().err
+
+
+def test_a_name_recreated_by_open_webui_between_the_renames_loses_nothing(services, settings,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Open WebUI creates a collection when it writes to a name that does not exist: a run killed between a
+    swap's two renames can find its name taken by a new collection holding a fresh chunk."""
+    client = connect(settings)
+    name = f"file-{uuid.uuid4()}"
+    old_config, new_config = (f"{{'engine': 'openai', 'model': '{m}'}}" for m in (HYBRID, MODEL))
+    vectors = EmbeddingsClient(settings)
+    client.create_collection(backup_name(name, MODEL), metadata={"hnsw:space": "cosine"}).add(
+        ids=["x"], documents=["a chunk"], embeddings=vectors.embed(HYBRID, ["a chunk"], "document"),
+        metadatas=[{"embedding_config": old_config}])
+    client.create_collection(shadow_name(name, MODEL), metadata={"hnsw:space": "cosine"}).add(
+        ids=["x"], documents=["a chunk"], embeddings=vectors.embed(MODEL, ["a chunk"], "document"),
+        metadatas=[{"embedding_config": new_config}])
+    client.create_collection(name, metadata={"hnsw:space": "cosine"}).add(  # the intruder, old model
+        ids=["y"], documents=["written in the gap"], embeddings=vectors.embed(HYBRID, ["written in the gap"], "document"),
+        metadatas=[{"embedding_config": old_config}])
+
+    assert main(["migrate", "--to", MODEL, "--collection", name, "--json"]) == 0
+    capsys.readouterr()
+    now = snapshot(settings, name)
+    assert set(now) == {"x", "y"} and all(meta["embedding_config"] == new_config for _, meta, _ in now.values())
+    assert all(vector.shape == (384,) for _, _, vector in now.values())
+    names = {c.name for c in connect(settings).list_collections()}
+    assert backup_name(name, MODEL) in names and shadow_name(name, MODEL) not in names

@@ -26,6 +26,11 @@ class CredentialRefused(AccessError):
     """Open WebUI did not accept the caller's key or token."""
 
 
+class NotPermitted(AccessError):
+    """Open WebUI knows the credential but does not let it list Knowledge (e.g. API keys limited to some
+    endpoints): a 403, not a guess, so it does not count against the caller's address."""
+
+
 class OpenWebUIUnavailable(AccessError):
     """Open WebUI could not be asked, or answered with an error of its own."""
 
@@ -72,6 +77,8 @@ class KnowledgeAccess:
         return answer
 
     async def _get(self, path: str, token: str, **params: object) -> httpx.Response:
+        if not token.isascii() or not token.isprintable():
+            raise CredentialRefused("Open WebUI did not accept this API key or token.")
         try:
             response = await self._http.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as error:
@@ -87,15 +94,15 @@ class KnowledgeAccess:
         return str(response.json().get("id") or "") or None if response.status_code == 200 else None
 
     async def _knowledge(self, token: str) -> list[KnowledgeBase]:
-        found: list[KnowledgeBase] = []
+        found: dict[str, KnowledgeBase] = {}  # by id: a page boundary that moves may repeat one
         for page in range(1, _MAX_PAGES + 1):
             response = await self._get("/api/v1/knowledge/", token, page=page)
             if response.status_code == 403:
-                raise CredentialRefused("Open WebUI did not accept this API key or token.")
+                raise NotPermitted("Open WebUI does not let this credential list Knowledge bases.")
             if response.status_code >= 400:
                 raise OpenWebUIUnavailable(f"Open WebUI answered {response.status_code} to a Knowledge listing")
             answer = response.json()
-            found += [KnowledgeBase(item["id"], item.get("name") or "") for item in answer["items"]]
+            found.update((item["id"], KnowledgeBase(item["id"], item.get("name") or "")) for item in answer["items"])
             if not answer["items"] or len(found) >= answer["total"]:
                 break
-        return found
+        return list(found.values())

@@ -29,9 +29,9 @@ from typing import Any, Callable, Literal
 
 from chromadb.api import ClientAPI
 
-from vector_bridge.cutover import Cutover, Swap, swap_all
+from vector_bridge.cutover import Cutover, Swap, absorb_intruder, swap_all
 from vector_bridge.embeddings import EmbeddingsClient
-from vector_bridge.shadow import recorded_model, sync_copy
+from vector_bridge.shadow import copy_chunks, fingerprints, recorded_model, sync_copy
 from vector_bridge.store import describe
 
 Outcome = Literal["migrated", "already", "skipped", "rolled back"]
@@ -104,11 +104,10 @@ def plan(client: ClientAPI, model: str, only: list[str] | None, default_model: s
         return only
     pending = []
     for name in sorted(names):
-        if part := migration_part(name):  # our own shadows and backups are never migrated themselves
-            kind, original = part
-            if kind == "shadow" and name == shadow_name(original, model) and original not in names:
-                pending.append(original)  # killed between the two renames
+        if migration_part(name):  # our own shadows and backups are never migrated themselves
             continue
+        if backup_name(name, model) in names:
+            continue  # migrated already, its old vectors kept; chunks that raced a cutover: settle_stale
         info = describe(client.get_collection(name))
         if info.count and set(info.models or {default_model: info.count}) != {model}:
             pending.append(name)
@@ -134,24 +133,49 @@ def build(client: ClientAPI, embeddings: EmbeddingsClient, name: str, model: str
                      time.perf_counter() - started)
 
 
-def finish_interrupted_swaps(client: ClientAPI, model: str) -> list[Migration]:
-    """A run killed between a collection's two renames left NAME free with both of its copies beside it."""
+def finish_interrupted_swaps(client: ClientAPI, embeddings: EmbeddingsClient, model: str) -> list[Migration]:
+    """A run killed between a collection's two renames left both of its copies beside its name, which is free,
+    or held by a collection Open WebUI created there meanwhile (whose chunks then join the new copy first).
+    A shadow whose collection is gone altogether (a Knowledge base deleted during the build) is dropped."""
     names = _names(client)
     finished = []
     for name in sorted(names):
         part = migration_part(name)
-        if part and part[0] == "shadow" and name == shadow_name(part[1], model) and part[1] not in names \
-                and backup_name(part[1], model) in names:
-            client.get_collection(name).modify(name=part[1])
-            finished.append(Migration(part[1], "migrated", detail="finished an interrupted swap"))
+        if not (part and part[0] == "shadow" and name == shadow_name(part[1], model)):
+            continue
+        original, shadow = part[1], client.get_collection(name)
+        if backup_name(original, model) not in names:
+            if original not in names:
+                client.delete_collection(name)
+                finished.append(Migration(original, "skipped", detail="deleted during the migration"))
+            continue
+        if original in names:
+            absorb_intruder(client, embeddings, original, shadow, model)
+        shadow.modify(name=original)
+        finished.append(Migration(original, "migrated", detail="finished an interrupted swap"))
     return finished
+
+
+def settle_stale(client: ClientAPI, embeddings: EmbeddingsClient, model: str, batch: int) -> int:
+    """Chunks that Open WebUI wrote with its previous model into collections already swapped (a cutover cut
+    short before it settled them): embedded again with ``model`` in place."""
+    names = _names(client)
+    fixed = 0
+    for name in sorted(names):
+        if migration_part(name) or backup_name(name, model) not in names:
+            continue
+        collection = client.get_collection(name)
+        stale = [chunk_id for chunk_id, print_ in fingerprints(collection, model).items() if print_ == "stale"]
+        fixed += copy_chunks(collection, collection, stale, embeddings, model, batch=batch)
+    return fixed
 
 
 def migrate_store(client: ClientAPI, embeddings: EmbeddingsClient, model: str, *, default_model: str,
                   switch: Callable[[str], None] | None, only: list[str] | None = None, batch: int = 128,
                   drop_old: bool = False, progress: bool = False) -> StoreMigration:
     """Every collection (or ``only`` these) to ``model``, then ``switch`` Open WebUI to it at the cutover."""
-    result = StoreMigration(model, finish_interrupted_swaps(client, model))
+    result = StoreMigration(model, finish_interrupted_swaps(client, embeddings, model))
+    settle_stale(client, embeddings, model, batch)
     built = _build_until_caught_up(client, embeddings, model, only, default_model, batch, progress)
     result.collections += list(built.values())
     swaps = [Swap(name, shadow_name(name, model), backup_name(name, model), model)
@@ -167,7 +191,7 @@ def migrate_store(client: ClientAPI, embeddings: EmbeddingsClient, model: str, *
             swap_all(client, embeddings, late_swaps, lambda: None, batch=batch)
             result.collections += [done for done in late.values() if done.outcome == "migrated"]
     if drop_old:
-        drop_backups(client, model, result)
+        drop_backups(client, model, result, only)
     return result
 
 
@@ -192,11 +216,12 @@ def _build_until_caught_up(client: ClientAPI, embeddings: EmbeddingsClient, mode
     return built
 
 
-def drop_backups(client: ClientAPI, model: str, result: StoreMigration) -> None:
+def drop_backups(client: ClientAPI, model: str, result: StoreMigration, only: list[str] | None) -> None:
     names = _names(client)
     for name in sorted(names):
         part = migration_part(name)
-        if part and part[0] == "backup" and name == backup_name(part[1], model) and part[1] in names:
+        if part and part[0] == "backup" and name == backup_name(part[1], model) and part[1] in names \
+                and (not only or part[1] in only):
             client.delete_collection(name)
             result.collections.append(Migration(part[1], "already", detail="old vectors dropped"))
 
@@ -216,12 +241,16 @@ def roll_back(client: ClientAPI, embeddings: EmbeddingsClient, model: str, *, sw
     from_models: dict[str, str] = {}
     for original, backup in pairs:
         started = time.perf_counter()
-        if original not in names:  # a rollback killed between its two renames
-            client.get_collection(backup).modify(name=original)
+        old = client.get_collection(backup)
+        if original not in names or shadow_name(original, model) in names:
+            # A swap killed between its two renames (either way): its name is free, or held by a collection
+            # Open WebUI created there meanwhile, whose chunks join the old copy first.
+            if original in names:
+                absorb_intruder(client, embeddings, original, old, _model_of(old) or model)
+            old.modify(name=original)
             result.collections.append(Migration(original, "rolled back", detail="finished an interrupted swap"))
             continue
         current = client.get_collection(original)
-        old = client.get_collection(backup)
         from_model = (current.metadata or {}).get(FROM_MODEL) or _model_of(old)
         if not from_model:
             raise MigrationError(f"{original}: the model of its old vectors is unknown; roll back by hand")

@@ -46,7 +46,10 @@ class OpenWebUIClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise OpenWebUIError(f"{method} {path}: {response.status_code} {detail}", response.status_code)
+            if isinstance(detail, list):  # a validation error quotes the input it refused, keys included
+                detail = "; ".join(f"{'.'.join(map(str, item.get('loc', [])))}: {item.get('msg', '')}"
+                                   for item in detail if isinstance(item, dict))
+            raise OpenWebUIError(f"{method} {path}: {response.status_code} {str(detail)[:500]}", response.status_code)
         return response.json()
 
     def _use_token(self, answer: dict) -> dict:

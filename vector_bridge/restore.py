@@ -58,15 +58,37 @@ def _holds_exactly(collection: Collection | None, header: CollectionHeader) -> b
     return collection is not None and sorted(collection.get(include=[])["ids"]) == sorted(header.ids)
 
 
+def _holds_at_least(collection: Collection, header: CollectionHeader) -> bool:
+    return set(header.ids) <= set(collection.get(include=[])["ids"])
+
+
+def _merge(source: Collection, target: Collection) -> None:
+    """Every chunk of ``source`` into ``target``, vectors as they are."""
+    got = source.get(include=["documents", "metadatas", "embeddings"])
+    if got["ids"]:
+        target.upsert(ids=got["ids"], documents=got["documents"], metadatas=got["metadatas"],
+                      embeddings=got["embeddings"])
+
+
 def _finish_interrupted(store: _Store, header: CollectionHeader) -> None:
     """Bring NAME back to a plain state after a killed run: old data or the verified new data."""
     name = header.name
     replaced = store.get(name + REPLACED)
     if replaced is None:
         return
-    if store.get(name) is not None:
+    current = store.get(name)
+    if current is not None and store.get(name + BUILDING) is None:
         store.drop(name + REPLACED)  # the swap went through; only dropping the old data was left
-    elif _holds_exactly(building := store.get(name + BUILDING), header):
+        return
+    building = store.get(name + BUILDING)
+    if current is not None:
+        # The name was free between the two renames and Open WebUI wrote to it, creating it anew: those
+        # chunks are a user's, so they join whichever copy takes the name.
+        target = building if _holds_exactly(building, header) else replaced
+        _merge(current, target)  # type: ignore[arg-type]
+        store.drop(name)
+    if _holds_exactly(building, header) or (building is not None and current is not None
+                                            and _holds_at_least(building, header)):
         assert building is not None
         store.rename(building, name)  # killed between the two renames: finish the swap
         store.drop(name + REPLACED)

@@ -34,6 +34,7 @@ class SyncResult:
     chunks: int  # in the source when the sync started
     embedded: int = 0  # missing or changed in the copy, embedded now
     removed: int = 0  # in the copy, no longer in the source
+    ids: frozenset[str] = frozenset()  # the source's ids the copy now matches (what a cutover settles against)
 
     @property
     def changed(self) -> bool:
@@ -100,7 +101,7 @@ def sync_copy(source: Collection, copy: Collection, embeddings: EmbeddingsClient
     todo = [chunk_id for chunk_id, print_ in wanted.items() if have.get(chunk_id) != print_]
     embedded = copy_chunks(source, copy, todo, embeddings, model, batch=batch, progress=progress,
                            already=len(wanted) - len(todo))
-    return SyncResult(len(wanted), embedded, len(gone))
+    return SyncResult(len(wanted), embedded, len(gone), frozenset(wanted))
 
 
 def copy_chunks(source: Collection, copy: Collection, ids: list[str], embeddings: EmbeddingsClient, model: str, *,

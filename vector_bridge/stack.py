@@ -170,10 +170,15 @@ def openwebui_service(settings: Settings) -> Service:
     data = settings.openwebui_data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     secret_file = data / ".webui_secret_key"
-    if not secret_file.exists():
-        # Created owner-only from its first byte: a chmod after writing leaves a window.
-        with os.fdopen(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+    if not secret_file.exists() or not secret_file.read_text().strip():
+        # Owner-only from its first byte (a chmod after writing leaves a window), and whole or absent (written
+        # aside, then renamed): an empty key from a killed write would keep Open WebUI from ever starting.
+        partial = secret_file.with_name(f".{secret_file.name}.{os.getpid()}.tmp")
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
             file.write(secrets.token_urlsafe(32))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, secret_file)
     address = urlsplit(settings.openwebui_url)
     env = openwebui_environment(settings) | {
         "DATA_DIR": str(data),

@@ -24,7 +24,7 @@ from chat_server.schemas import ChatRequest, SourceOut
 from config import Settings
 from embed_server.auth import bearer_token
 from embed_server.errors import APIError, AuthenticationFailed, ModelNotFound, PermissionDenied
-from vector_bridge.access import CredentialRefused, KnowledgeAccess, KnowledgeBase, OpenWebUIUnavailable
+from vector_bridge.access import CredentialRefused, KnowledgeAccess, KnowledgeBase, NotPermitted, OpenWebUIUnavailable
 
 router = APIRouter()
 ALL = "knowledge-all"
@@ -58,8 +58,10 @@ async def readable_bases(request: Request) -> list[KnowledgeBase]:
             raise PermissionDenied("Open WebUI called for another user than the credential it sent belongs to: set "
                                    "this connection's auth to 'Session' so each user's own session reaches this server.")
     except CredentialRefused as error:
-        request.app.state.failed_attempts.record(request.client.host if request.client else None)
-        raise AuthenticationFailed(str(error), headers={"WWW-Authenticate": "Bearer"}) from None
+        raise request.app.state.failed_attempts.refuse(request.client.host if request.client else None,
+                                                       AuthenticationFailed(str(error), headers={"WWW-Authenticate": "Bearer"})) from None
+    except NotPermitted as error:
+        raise PermissionDenied(str(error)) from None
     except OpenWebUIUnavailable as error:
         raise UpstreamUnavailable(f"Open WebUI, which says who may read what, is unavailable: {error}") from None
     return bases

@@ -18,7 +18,7 @@ from embed_server.errors import APIError, AuthenticationFailed, InvalidRequest, 
 from embed_server.registry import ModelRegistry
 from embed_server.routes.dependencies import registry
 from embed_server.schemas import SearchHit, SearchRequest, SearchResponse, error_responses
-from vector_bridge.access import CredentialRefused, KnowledgeAccess, OpenWebUIUnavailable
+from vector_bridge.access import CredentialRefused, KnowledgeAccess, NotPermitted, OpenWebUIUnavailable
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.search import (KnowledgeNotFound, UnknownEmbeddingModel, embedding_model, knowledge_collection,
                                   nearest_chunks, open_collection, pick_knowledge)
@@ -69,14 +69,19 @@ async def _readable_collection(http: Request, request: SearchRequest) -> str:
     token = bearer_token(http.headers.get("authorization"))
     if http.app.state.admin_keys.holds(token):
         return request.collection or await run_in_threadpool(_knowledge_for_admin, http, request.knowledge)
+    client_host = http.client.host if http.client else None
     if request.collection:
-        raise PermissionDenied("Searching a raw collection needs an admin key. Search a Knowledge base you can "
-                               "read in Open WebUI instead ('knowledge').", param="collection")
+        # Counted as a failed check: it is also how an admin key would be guessed.
+        raise http.app.state.failed_attempts.refuse(client_host, PermissionDenied(
+            "Searching a raw collection needs an admin key. Search a Knowledge base you can read in Open WebUI "
+            "instead ('knowledge').", param="collection"))
     try:
         bases = await _knowledge_access(http).readable(token)
     except CredentialRefused as error:
-        http.app.state.failed_attempts.record(http.client.host if http.client else None)
-        raise AuthenticationFailed(str(error), headers={"WWW-Authenticate": "Bearer"}) from None
+        raise http.app.state.failed_attempts.refuse(
+            client_host, AuthenticationFailed(str(error), headers={"WWW-Authenticate": "Bearer"})) from None
+    except NotPermitted as error:
+        raise PermissionDenied(str(error)) from None
     return pick_knowledge(((base.id, base.name) for base in bases), request.knowledge)  # type: ignore[arg-type]
 
 
