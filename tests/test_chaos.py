@@ -30,6 +30,7 @@ import pytest
 from tests.conftest import ARTIFACTS, MODEL
 from tests.servers import EVAL
 from tests.stack import Stack, build_stack
+from vector_bridge.cli import main as cli_main
 from vector_bridge.openwebui import FileProcessingFailed, OpenWebUIClient
 from vector_bridge.stack import Service, Supervisor
 from vector_bridge.store import connect
@@ -273,6 +274,14 @@ def chaos(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Chaos:
     # uploaded again now that everything is back.
     for file_id in listed.keys() & failed_ids:
         webui.remove_file_from_knowledge(knowledge_id, file_id)
+    # Chunks Open WebUI stored for a file whose add then failed block its re-upload ("Duplicate content
+    # detected"): `vector-bridge repair` removes chunks of files the Knowledge base does not list.
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"EMBED_CHROMA_PORT": str(stack.settings.chroma_port), "OPENWEBUI_URL": webui.url,
+                            "EMBED_CHROMA_TOKEN": stack.settings.chroma_token.get_secret_value(),
+                            "OPENWEBUI_API_KEY": token}.items():
+            patch.setenv(name, value)
+        assert cli_main(["repair", "--knowledge", knowledge_id, "--json"]) == 0
     result.rerun = [upload_to_knowledge(webui, knowledge_id, attempt.path) for attempt in result.failed]
     return result
 
@@ -353,3 +362,21 @@ def test_each_stored_vector_is_what_our_server_returns(stack: Stack, chaos: Chao
     print(f"\nchaos: {len(chaos.paths)} files, {len(cosines)} chunks, {len(chaos.failed)} uploads failed during "
           f"the kills and were re-run; Chroma down {chaos.down_s('chroma'):.1f} s, "
           f"embeddings server down {chaos.down_s('embeddings'):.1f} s; min cosine {cosines.min():.5f}")
+
+
+def test_repair_removes_only_chunks_of_files_the_knowledge_base_does_not_list(stack: Stack, chaos: Chaos,
+                                                                               monkeypatch: pytest.MonkeyPatch,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    collection = connect(stack.settings).get_collection(chaos.knowledge_id)
+    before = collection.count()
+    collection.add(ids=["left-behind"], documents=["a chunk of a file whose add failed"],
+                   embeddings=our_embeddings(stack, ["a chunk of a file whose add failed"]),
+                   metadatas=[{"file_id": "no-such-file", "name": "gone.txt"}])
+    for name, value in {"EMBED_CHROMA_PORT": str(stack.settings.chroma_port), "OPENWEBUI_URL": chaos.webui.url,
+                        "EMBED_CHROMA_TOKEN": stack.settings.chroma_token.get_secret_value(),
+                        "OPENWEBUI_API_KEY": chaos.webui.http.headers["Authorization"].split()[1]}.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert cli_main(["repair", "--knowledge", chaos.knowledge_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed_chunks"] == 1
+    assert collection.count() == before

@@ -20,6 +20,7 @@ from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNot
 from vector_bridge.ingest import IngestError, ingest
 from vector_bridge.migrate import MigrationError, migrate_store, roll_back
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
+from vector_bridge.repair import remove_unlinked_chunks
 from vector_bridge.openwebui_env import (CHAT_CONNECTION_NOTE, PERSISTENT_CONFIG_NOTE, chat_connection_environment,
                                         openwebui_environment, render_env_file)
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
     send.add_argument("--token", help="Open WebUI API key or token (env OPENWEBUI_API_KEY)")
     send.add_argument("--json", action="store_true")
+
+    fix = commands.add_parser("repair", help="remove a Knowledge base's chunks of files it no longer lists")
+    fix.add_argument("--knowledge", required=True, help="Knowledge base name or id")
+    fix.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
+    fix.add_argument("--token", help="Open WebUI API key or token (env OPENWEBUI_API_KEY)")
+    fix.add_argument("--json", action="store_true")
 
     check = commands.add_parser("doctor", help="check every collection against Open WebUI's configuration")
     check.add_argument("--url", help="Open WebUI address (env OPENWEBUI_URL)")
@@ -139,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "doctor":
         return _doctor(args, settings)
+
+    if args.command == "repair":
+        return _repair(args, settings)
 
     if args.command == "migrate":
         return _migrate(args, settings)
@@ -236,6 +246,22 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             if item.outcome in ("failed", "skipped"):
                 print(f"  {item.outcome}: {item.path}: {item.detail}")
     return 0 if report.ok else 1
+
+
+def _repair(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with _openwebui(args, settings) as webui:
+            knowledge_id = knowledge_collection(webui, args.knowledge)
+            linked = {record["id"] for record in webui.knowledge_files(knowledge_id)}
+        removed = remove_unlinked_chunks(open_collection(connect(settings), knowledge_id), linked)
+    except (SearchError, StoreError, OpenWebUIError, httpx.HTTPError) as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"knowledge": knowledge_id, "files": len(linked), "removed_chunks": removed}))
+    else:
+        print(f"Knowledge base {knowledge_id}: {len(linked)} files; removed {removed} chunks of files it does not list")
+    return 0
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
