@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 from string import Template
 
-import pytest
 import yaml
 
 from config import Settings, load_settings

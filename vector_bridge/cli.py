@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -20,9 +19,9 @@ from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNot
 from vector_bridge.ingest import IngestError, ingest
 from vector_bridge.migrate import MigrationError, migrate_store, roll_back
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
-from vector_bridge.repair import remove_unlinked_chunks
-from vector_bridge.openwebui_env import (CHAT_CONNECTION_NOTE, PERSISTENT_CONFIG_NOTE, chat_connection_environment,
+from vector_bridge.openwebui_env import (CHAT_CONNECTION_NOTE, chat_connection_environment,
                                         openwebui_environment, render_env_file)
+from vector_bridge.repair import remove_unlinked_chunks
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
                                   nearest_chunks, open_collection)
 from vector_bridge.stack import openwebui_venv, run_stack
