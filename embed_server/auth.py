@@ -6,8 +6,9 @@ Three kinds of route:
   key or token, checked against Open WebUI by the route itself (routes that return stored text);
 - open: health, readiness, metrics and the API docs.
 
-Failed checks are counted per client address; an address with too many gets 429 on every route that needs
-a credential until its window passes, so keys cannot be guessed at the speed of the network.
+Failed checks are counted per client address; once an address has too many, its further failures get 429
+until the window passes, so keys cannot be guessed at the speed of the network. A valid credential is
+still served from that address (Open WebUI may share it with a guesser).
 """
 
 from __future__ import annotations

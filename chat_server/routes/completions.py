@@ -25,6 +25,8 @@ from config import Settings
 from embed_server.auth import bearer_token
 from embed_server.errors import APIError, AuthenticationFailed, ModelNotFound, PermissionDenied
 from vector_bridge.access import CredentialRefused, KnowledgeAccess, KnowledgeBase, NotPermitted, OpenWebUIUnavailable
+from vector_bridge.embeddings import EmbeddingsError
+from vector_bridge.store import StoreError
 
 router = APIRouter()
 ALL = "knowledge-all"
@@ -87,8 +89,11 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         # The same answer for a Knowledge base that does not exist and one the caller may not read.
         raise ModelNotFound(f"The model '{body.model}' does not exist or you do not have access to it.", param="model")
     messages = [message.model_dump() for message in body.messages]
-    sources = await retrieve(request.app.state.store(), request.app.state.embeddings, chosen,
-                             last_question(messages), settings.chat_top_k)
+    try:
+        sources = await retrieve(request.app.state.store(), request.app.state.embeddings, chosen,
+                                 last_question(messages), settings.chat_top_k)
+    except (StoreError, EmbeddingsError) as error:
+        raise UpstreamUnavailable(f"The store or the embeddings server could not be reached: {error}") from None
     prompt = grounded_messages(messages, sources)
     generator: Generator = request.app.state.generator
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.chat_max_tokens
