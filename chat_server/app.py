@@ -12,6 +12,7 @@ from chromadb.api import ClientAPI
 from fastapi import FastAPI
 
 from chat_server import __version__
+from chat_server.answering import Answering
 from chat_server.generators import Generator
 from chat_server.generators.local import LocalGenerator
 from chat_server.generators.openai_compatible import OpenAICompatibleGenerator
@@ -61,8 +62,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.state.generator = generator
     app.state.generator_status = "loading"
     app.state.failed_attempts = FailedAttempts(settings.auth_failure_limit)
-    app.state.embeddings = EmbeddingsClient(settings, timeout=settings.chat_generator_timeout)
-    app.state.store = _store_once(settings)
+    app.state.answering = Answering(_store_once(settings), EmbeddingsClient(settings, timeout=settings.chat_generator_timeout),
+                                    generator, top_k=settings.chat_top_k, max_tokens=settings.chat_max_tokens)
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(health.router)

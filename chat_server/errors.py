@@ -1,0 +1,21 @@
+"""The chat server's own errors, in the OpenAI error shape of ``embed_server.errors``."""
+
+from __future__ import annotations
+
+from embed_server.errors import APIError
+
+
+class GeneratorDown(APIError):
+    """The generator cannot answer now: 503, so clients retry later."""
+
+    status_code = 503
+    type = "server_error"
+    code = "generator_unavailable"
+
+
+class UpstreamUnavailable(APIError):
+    """Open WebUI, the store or the embeddings server could not be asked: 502."""
+
+    status_code = 502
+    type = "server_error"
+    code = "upstream_unavailable"
