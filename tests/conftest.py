@@ -7,6 +7,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from tests.chat_stack import chat, chat_stack, people  # noqa: F401 - session fixtures of the chat modules
 from tests.servers import REPO, embed_server
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -8,111 +8,52 @@ with our server added as a connection that forwards each user's own session, lis
 from __future__ import annotations
 
 import json
-import secrets
-import sys
-from typing import Iterator
 
 import httpx
 import openai
 import pytest
 
+from tests.chat_stack import QUESTIONS, People, chat_service
 from tests.conftest import ARTIFACTS
 from tests.servers import free_port
-from tests.stack import Stack, build_stack
-from tests.test_bridge import add_user, scifact_sample, write_abstracts
-from vector_bridge.ingest import ingest
-from vector_bridge.openwebui import OpenWebUIClient
-from vector_bridge.stack import Service
+from tests.stack import Stack
 
 pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
-QUESTIONS = 5
-FILLER = 30
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    built = build_stack(tmp_path_factory.mktemp("chat"), with_openwebui=True)
-    built.openwebui.env |= {"ENABLE_API_KEYS": "true", "USER_PERMISSIONS_FEATURES_API_KEYS": "true",
-                            "USER_PERMISSIONS_WORKSPACE_KNOWLEDGE_ACCESS": "true",
-                            "ENABLE_FORWARD_USER_INFO_HEADERS": "true", "BYPASS_MODEL_ACCESS_CONTROL": "true"}
-    with built.running(ARTIFACTS / "logs" / "chat"):
-        yield built
-
-
-def chat_service(stack: Stack, name: str, **env: str) -> tuple[Service, str]:
-    port = free_port()
-    settings = stack.settings
-    environment = {"HF_HUB_OFFLINE": "1", "EMBED_PORT": str(settings.port), "EMBED_CHROMA_PORT": str(settings.chroma_port),
-                   "EMBED_CHROMA_TOKEN": settings.chroma_token.get_secret_value(), "OPENWEBUI_URL": settings.openwebui_url,
-                   "EMBED_CHAT_MAX_TOKENS": "48", **env}
-    service = Service(name, [sys.executable, "-m", "chat_server.cli", "--port", str(port)],
-                      f"http://127.0.0.1:{port}/ready", stack.root / "logs" / f"{name}.log", env=environment,
-                      ready_timeout=600)  # the first start converts the GGUF weights once
-    return service, f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture(scope="module")
-def chat(stack: Stack) -> Iterator[str]:
-    service, url = chat_service(stack, "chat-server")
-    service.spawn()
-    try:
-        service.wait_ready()
-        yield url
-    finally:
-        service.stop()
-
-
-@pytest.fixture(scope="module")
-def people(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    admin = OpenWebUIClient(stack.settings.openwebui_url)
-    admin.sign_up("Admin", "admin@example.com", secrets.token_urlsafe(16))
-    alice, bob = add_user(admin, "Alice"), add_user(admin, "Bob")
-    questions, docs, qrels = scifact_sample()
-    chosen = dict(list(questions.items())[:QUESTIONS])
-    wanted = set().union(*(qrels[q] for q in chosen))
-    sample = [doc for doc in docs.values() if doc["_id"] in wanted] + \
-             [doc for doc in docs.values() if doc["_id"] not in wanted][:FILLER]
-    folder = tmp_path_factory.mktemp("papers")
-    write_abstracts(folder, sample)
-    report = ingest(alice["client"], "Alice papers", [folder], create=True, concurrency=4, progress=False)
-    assert report.ok
-    return {"admin": admin, "alice": alice, "bob": bob, "knowledge": report.knowledge_id,
-            "questions": {text: {f"{d}.txt" for d in qrels[qid]} for qid, text in chosen.items()}}
-
-
-def test_alice_streams_answers_with_sources_through_the_openai_client(chat: str, people: dict) -> None:
-    client = openai.OpenAI(base_url=chat, api_key=people["alice"]["api_key"], timeout=300)
+def test_alice_streams_answers_with_sources_through_the_openai_client(chat: str, people: People) -> None:
+    client = openai.OpenAI(base_url=chat, api_key=people.alice["api_key"], timeout=300)
     model = f"knowledge-{people['knowledge']}"
     assert {model, "knowledge-all"} <= {m.id for m in client.models.list()}
     found = 0
-    for question, relevant in people["questions"].items():
+    for question, relevant in people.questions.items():
         stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                                 stream=True)
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text.strip()
         sources = chunks[-1].model_extra["sources"]
-        assert len(sources) == 5 and all(s["knowledge_id"] == people["knowledge"] for s in sources)
+        assert len(sources) == 5 and all(s["knowledge_id"] == people.knowledge for s in sources)
         found += bool({s["name"] for s in sources} & relevant)
     # MiniLM's recall@5 on SciFact is about 0.8: most questions' abstracts reach the prompt.
     assert found >= QUESTIONS - 1, found
 
-    question = next(iter(people["questions"]))
+    question = next(iter(people.questions))
     whole = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}])
     assert whole.choices[0].message.content and len(whole.model_extra["sources"]) == 5
 
 
-def test_langchain_streams_with_no_parse_error(chat: str, people: dict) -> None:
+def test_langchain_streams_with_no_parse_error(chat: str, people: People) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=chat, api_key=people["alice"]["api_key"], model=f"knowledge-{people['knowledge']}",
+    llm = ChatOpenAI(base_url=chat, api_key=people.alice["api_key"], model=f"knowledge-{people['knowledge']}",
                      max_tokens=24, timeout=300)
     pieces = list(llm.stream("What does the Knowledge say about vitamin D?"))
     assert "".join(piece.content for piece in pieces).strip()
 
 
-def test_bob_cannot_chat_over_alices_knowledge(chat: str, people: dict) -> None:
-    bob = openai.OpenAI(base_url=chat, api_key=people["bob"]["api_key"], timeout=300)
+def test_bob_cannot_chat_over_alices_knowledge(chat: str, people: People) -> None:
+    bob = openai.OpenAI(base_url=chat, api_key=people.bob["api_key"], timeout=300)
     model = f"knowledge-{people['knowledge']}"
     assert model not in {m.id for m in bob.models.list()}
     with pytest.raises(openai.NotFoundError) as refused:
@@ -125,13 +66,13 @@ def test_bob_cannot_chat_over_alices_knowledge(chat: str, people: dict) -> None:
         openai.OpenAI(base_url=chat, api_key="sk-made-up", timeout=60).models.list()
 
 
-def test_a_generator_that_is_down_is_a_clear_503(stack: Stack, people: dict) -> None:
-    service, url = chat_service(stack, "chat-no-generator", EMBED_CHAT_GENERATOR_URL=f"http://127.0.0.1:{free_port()}/v1",
+def test_a_generator_that_is_down_is_a_clear_503(chat_stack: Stack, people: People) -> None:
+    service, url = chat_service(chat_stack, "chat-no-generator", EMBED_CHAT_GENERATOR_URL=f"http://127.0.0.1:{free_port()}/v1",
                                 EMBED_CHAT_GENERATOR_MODEL="absent", EMBED_CHAT_GENERATOR_TIMEOUT="5")
     service.spawn()
     try:
         service.wait_ready()
-        client = openai.OpenAI(base_url=url, api_key=people["alice"]["api_key"], timeout=60, max_retries=0)
+        client = openai.OpenAI(base_url=url, api_key=people.alice["api_key"], timeout=60, max_retries=0)
         for stream in (False, True):
             with pytest.raises(openai.InternalServerError) as down:
                 client.chat.completions.create(model="knowledge-all", stream=stream,
@@ -141,18 +82,18 @@ def test_a_generator_that_is_down_is_a_clear_503(stack: Stack, people: dict) -> 
         service.stop()
 
 
-def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, people: dict, stack: Stack) -> None:
-    admin = people["admin"]
+def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, people: People, chat_stack: Stack) -> None:
+    admin = people.admin
     # Our server as an OpenAI connection that forwards each user's own session: it answers as that user.
     assert admin.add_chat_connection(chat) == {"url": chat, "auth_type": "session"}
-    alice = people["alice"]["client"]
+    alice = people.alice["client"]
     model = f"knowledge-{people['knowledge']}"
     listed = {m["id"] for m in alice._call("GET", "/api/models")["data"]}
     assert model in listed
-    question = next(iter(people["questions"]))
+    question = next(iter(people.questions))
     body = {"model": model, "messages": [{"role": "user", "content": question}], "stream": True}
     events, text = [], ""
-    with httpx.stream("POST", f"{stack.settings.openwebui_url}/api/chat/completions", json=body, timeout=300,
+    with httpx.stream("POST", f"{chat_stack.settings.openwebui_url}/api/chat/completions", json=body, timeout=300,
                       headers={"Authorization": alice.http.headers["Authorization"]}) as response:
         assert response.status_code == 200, response.read()
         for line in response.iter_lines():
@@ -164,16 +105,16 @@ def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, peo
             text += "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
     assert text.strip()
     sources = [e["data"] for e in events if e.get("type") == "source"]
-    assert sources and {s["source"]["name"] for s in sources} & people["questions"][question]
+    assert sources and {s["source"]["name"] for s in sources} & people.questions[question]
     (ARTIFACTS / "chat-through-open-webui.json").write_text(json.dumps({"answer": text, "sources": sources}, indent=1))
 
 
-def test_a_connection_that_sends_one_fixed_key_for_every_user_is_refused(chat: str, people: dict) -> None:
+def test_a_connection_that_sends_one_fixed_key_for_every_user_is_refused(chat: str, people: People) -> None:
     """Open WebUI forwards who it calls for; a key of someone else (a connection set up with Alice's key,
     used by Bob) would answer Bob from Alice's Knowledge, so the server refuses it."""
-    bob_id = people["bob"]["client"].session_user()["id"]
-    for credential in (people["alice"]["api_key"], people["alice"]["token"]):
+    bob_id = people.bob["client"].session_user()["id"]
+    for credential in (people.alice["api_key"], people.alice["token"]):
         answer = httpx.get(f"{chat}/models", headers={"Authorization": f"Bearer {credential}",
                                                       "X-OpenWebUI-User-Id": bob_id}, timeout=60)
         assert answer.status_code == 403 and "Session" in answer.json()["error"]["message"]
-        assert people["knowledge"] not in answer.text
+        assert people.knowledge not in answer.text
