@@ -56,19 +56,20 @@ class Answering:
         sources = await self.sources(bases, messages)
         return await self.generate(messages, sources, max_tokens=max_tokens, temperature=temperature)
 
-    async def generate(self, messages: list[dict[str, str]], sources: list[Source], *,
+    async def generate(self, messages: list[dict[str, str]], sources: list[Source] | None, *,
                        max_tokens: int | None = None, temperature: float = 0.0) -> Answer:
-        """Starts the generator on the grounded prompt. The first piece is awaited here, so a generator that is
-        down fails the request (a 503 its caller can act on) rather than a stream already under way."""
-        pieces = self.generator.stream(grounded_messages(messages, sources), max_tokens=max_tokens or self.max_tokens,
-                                       temperature=temperature)
+        """Starts the generator on the prompt grounded in ``sources`` (None: on ``messages`` as they are). The
+        first piece is awaited here, so a generator that is down fails the request (a 503 its caller can act
+        on) rather than a stream already under way."""
+        prompt = messages if sources is None else grounded_messages(messages, sources)
+        pieces = self.generator.stream(prompt, max_tokens=max_tokens or self.max_tokens, temperature=temperature)
         try:
             first = await anext(pieces)
         except StopAsyncIteration:
-            return Answer(sources, _empty())
+            return Answer(sources or [], _empty())
         except GeneratorUnavailable as error:
             raise GeneratorDown(str(error)) from None
-        return Answer(sources, _prepend(first, pieces))
+        return Answer(sources or [], _prepend(first, pieces))
 
 
 async def _empty() -> AsyncIterator[str]:

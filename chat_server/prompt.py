@@ -11,14 +11,18 @@ INSTRUCTIONS = (
 MAX_SOURCE_CHARS = 1500  # a chunk longer than this is cut: small generators have small contexts
 
 
-def grounded_messages(messages: list[dict[str, str]], sources: list[Source]) -> list[dict[str, str]]:
-    """``messages`` with one system message first that holds the instructions and the sources; the caller's
-    own system messages follow it."""
+def context_message(sources: list[Source]) -> dict[str, str]:
+    """One system message that holds the instructions and the numbered sources."""
     numbered = "\n\n".join(f"[{number}] {source.name}\n{source.text[:MAX_SOURCE_CHARS]}"
                            for number, source in enumerate(sources, 1))
     context = f"{INSTRUCTIONS}\n\nSources:\n\n{numbered}" if sources else (
         "No source was found for this question in the Knowledge. Say that you do not know.")
-    return [{"role": "system", "content": context}, *messages]
+    return {"role": "system", "content": context}
+
+
+def grounded_messages(messages: list[dict[str, str]], sources: list[Source]) -> list[dict[str, str]]:
+    """``messages`` after the context message; the caller's own system messages follow it."""
+    return [context_message(sources), *messages]
 
 
 def last_question(messages: list[dict[str, str]]) -> str:

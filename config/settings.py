@@ -162,6 +162,13 @@ class Settings(BaseSettings):
         default="auto", description="Stream Open WebUI's source events: auto sends them when the request "
         "carries Open WebUI's forwarded user headers (ENABLE_FORWARD_USER_INFO_HEADERS).")
 
+    # The Pipelines server (Open WebUI's Pipelines protocol), run by the chat server next to its own port
+    pipelines_host: str = "127.0.0.1"
+    pipelines_port: int = Field(default=9099, ge=0, le=65535)
+    pipelines_key: SecretStr | None = Field(default=None, description="The key Open WebUI's pipelines connection "
+                                            "sends; none: no Pipelines server (Open WebUI skips a connection with "
+                                            "an empty key anyway).")
+
     # Open WebUI, as the stack and the vector-bridge tools see it
     openwebui_url: str = Field(default="http://127.0.0.1:3000",
                                validation_alias=AliasChoices("OPENWEBUI_URL", "EMBED_OPENWEBUI_URL"))
@@ -190,6 +197,17 @@ class Settings(BaseSettings):
         """The chat server's /v1 base URL, as Open WebUI reaches it on this host."""
         host = "127.0.0.1" if self.chat_host in ("0.0.0.0", "::") else self.chat_host
         return f"http://{host}:{self.chat_port}/v1"
+
+    @property
+    def pipelines_url(self) -> str:
+        """The Pipelines server's base URL, as Open WebUI reaches it on this host (no /v1: Open WebUI appends
+        the protocol's paths to it as they are)."""
+        host = "127.0.0.1" if self.pipelines_host in ("0.0.0.0", "::") else self.pipelines_host
+        return f"http://{host}:{self.pipelines_port}"
+
+    @property
+    def pipelines_valves_file(self) -> Path:
+        return self.state_dir / "pipelines-valves.json"
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

@@ -51,21 +51,18 @@ def chat_service(stack: Stack, name: str, **env: str) -> tuple[Service, str]:
     settings = stack.settings
     environment = {"HF_HUB_OFFLINE": "1", "EMBED_PORT": str(settings.port), "EMBED_CHROMA_PORT": str(settings.chroma_port),
                    "EMBED_CHROMA_TOKEN": settings.chroma_token.get_secret_value(), "OPENWEBUI_URL": settings.openwebui_url,
-                   "EMBED_CHAT_MAX_TOKENS": "48", **env}
+                   "EMBED_CHAT_MAX_TOKENS": "48", "EMBED_STATE_DIR": str(stack.root / f"{name}-state"), **env}
     service = Service(name, [sys.executable, "-m", "chat_server.cli", "--port", str(port)],
                       f"http://127.0.0.1:{port}/ready", stack.root / "logs" / f"{name}.log", env=environment,
                       ready_timeout=600)  # the first start converts the GGUF weights once
     return service, f"http://127.0.0.1:{port}/v1"
 
 
-def running_chat(stack: Stack, name: str = "chat-server", **env: str) -> Iterator[str]:
-    service, url = chat_service(stack, name, **env)
-    service.spawn()
-    try:
-        service.wait_ready()
-        yield url
-    finally:
-        service.stop()
+@dataclass
+class ChatServer:
+    url: str  # the OpenAI-compatible /v1 base URL
+    pipelines_url: str  # the Pipelines server in the same process
+    pipelines_key: str
 
 
 def make_people(stack: Stack, folder: Path) -> People:
@@ -95,9 +92,23 @@ def chat_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def chat(chat_stack: Stack) -> Iterator[str]:
+def chat_server(chat_stack: Stack, people: People) -> Iterator[ChatServer]:
+    """The chat server, with its Pipelines server (which asks Open WebUI with the admin's key who may read what)."""
+    key, port = secrets.token_urlsafe(24), free_port()
+    service, url = chat_service(chat_stack, "chat-server", EMBED_PIPELINES_KEY=key, EMBED_PIPELINES_PORT=str(port),
+                                OPENWEBUI_API_KEY=people.admin_key)
+    service.spawn()
+    try:
+        service.wait_ready()
+        yield ChatServer(url, f"http://127.0.0.1:{port}", key)
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def chat(chat_server: ChatServer) -> str:
     """The chat server's /v1 base URL."""
-    yield from running_chat(chat_stack)
+    return chat_server.url
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.chat_stack import chat, chat_stack, people  # noqa: F401 - session fixtures of the chat modules
+from tests.chat_stack import chat, chat_server, chat_stack, people  # noqa: F401 - session fixtures of the chat modules
 from tests.servers import REPO, embed_server
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,6 +17,7 @@ MODEL = "all-MiniLM-L6-v2"
 PREFIXED = "minilm-prefixed"
 HYBRID = "all-MiniLM-L6-v2-hybrid"
 ARTIFACTS = REPO / "artifacts"
+ARTIFACTS.mkdir(exist_ok=True)
 
 TEST_MODELS = f"""
 [[models]]

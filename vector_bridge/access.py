@@ -5,6 +5,11 @@ that returns stored text asks it with the caller's own API key or token, never w
 a Knowledge base the caller cannot read is then simply absent, indistinguishable from one that does not
 exist. Answers are reused for a few seconds per credential (keyed by its hash), so a burst of searches
 costs one round trip to Open WebUI, and a revoked share takes effect within that time.
+
+One caller has no credential of the user to pass on: Open WebUI's Pipelines protocol names the user in the
+request, vouched for by the connection's key. For it, ``readable_by`` reads the sharing rules with an admin
+key and applies Open WebUI's own rule (owner; a read grant to everyone, to the user, or to a group the user
+belongs to directly or through a parent group), failing closed: what it cannot tell is not readable.
 """
 
 from __future__ import annotations
@@ -94,7 +99,10 @@ class KnowledgeAccess:
         return str(response.json().get("id") or "") or None if response.status_code == 200 else None
 
     async def _knowledge(self, token: str) -> list[KnowledgeBase]:
-        found: dict[str, KnowledgeBase] = {}  # by id: a page boundary that moves may repeat one
+        return [KnowledgeBase(item["id"], item.get("name") or "") for item in await self._knowledge_items(token)]
+
+    async def _knowledge_items(self, token: str) -> list[dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}  # by id: a page boundary that moves may repeat one
         for page in range(1, _MAX_PAGES + 1):
             response = await self._get("/api/v1/knowledge/", token, page=page)
             if response.status_code == 403:
@@ -102,7 +110,49 @@ class KnowledgeAccess:
             if response.status_code >= 400:
                 raise OpenWebUIUnavailable(f"Open WebUI answered {response.status_code} to a Knowledge listing")
             answer = response.json()
-            found.update((item["id"], KnowledgeBase(item["id"], item.get("name") or "")) for item in answer["items"])
+            found.update((item["id"], item) for item in answer["items"])
             if not answer["items"] or len(found) >= answer["total"]:
                 break
         return list(found.values())
+
+    async def readable_by(self, user_id: str, admin_key: str) -> list[KnowledgeBase]:
+        """Every Knowledge base the Open WebUI user ``user_id`` may read, judged from the sharing rules that
+        ``admin_key`` (an admin's key) reads. Admins are judged like everyone: by what they own or are granted."""
+        items = await self._cached("all-knowledge", admin_key, self._knowledge_items)
+        groups = await self._cached(f"groups:{user_id}", admin_key, lambda key: self._groups_of(user_id, key))
+        return [KnowledgeBase(item["id"], item.get("name") or "") for item in items
+                if item.get("user_id") == user_id or _grants_read(item.get("access_grants") or [], user_id, groups)]
+
+    async def _groups_of(self, user_id: str, admin_key: str) -> frozenset[str]:
+        """The user's groups, with every parent of each: a member of a group inherits its parents' grants."""
+        response = await self._get(f"/api/v1/users/{user_id}", admin_key)
+        if response.status_code in (400, 404):
+            return frozenset()  # no such user: no groups, so only public Knowledge
+        if response.status_code >= 400:
+            raise NotPermitted("Open WebUI does not let the server's key read users: it must be an admin's key.")
+        direct = {group["id"] for group in response.json().get("groups") or []}
+        if not direct:
+            return frozenset()
+        listing = await self._get("/api/v1/groups/", admin_key)
+        if listing.status_code >= 400:
+            raise NotPermitted("Open WebUI does not let the server's key read groups: it must be an admin's key.")
+        parent = {group["id"]: group.get("parent_group_id") for group in listing.json()}
+        effective, todo = set(), list(direct)
+        while todo:
+            group = todo.pop()
+            if group and group not in effective:
+                effective.add(group)
+                todo.append(parent.get(group))
+        return frozenset(effective)
+
+
+def _grants_read(grants: list[dict[str, Any]], user_id: str, groups: frozenset[str]) -> bool:
+    for grant in grants:
+        if not isinstance(grant, dict) or grant.get("permission") != "read":
+            continue
+        kind, principal = grant.get("principal_type"), grant.get("principal_id")
+        if kind == "user" and principal in ("*", user_id):
+            return True
+        if kind == "group" and principal in groups:
+            return True
+    return False

@@ -177,15 +177,24 @@ class OpenWebUIClient:
     def add_chat_connection(self, url: str) -> dict:
         """Our chat server as an OpenAI connection whose auth forwards each user's own session ("Session" in
         Admin > Settings > Connections): it then answers every user from the Knowledge that user may read."""
+        return self._add_connection(url, "", "session")
+
+    def add_pipelines_connection(self, url: str, key: str) -> dict:
+        """Our Pipelines server as an OpenAI connection with its key (Open WebUI skips a pipelines connection
+        whose key is empty); Open WebUI names the chatting user in each request it sends there."""
+        return self._add_connection(url, key, "bearer")
+
+    def _add_connection(self, url: str, key: str, auth_type: str) -> dict:
         config = self._call("GET", "/openai/config")
         urls = list(config.get("OPENAI_API_BASE_URLS") or [])
         keys = list(config.get("OPENAI_API_KEYS") or [])
         configs = dict(config.get("OPENAI_API_CONFIGS") or {})
         if url not in urls:
             urls.append(url)
-            keys += [""] * (len(urls) - len(keys))
-        index = str(urls.index(url))
-        configs[index] = {**configs.get(index, {}), "enable": True, "auth_type": "session"}
+        keys += [""] * (len(urls) - len(keys))
+        index = urls.index(url)
+        keys[index] = key
+        configs[str(index)] = {**configs.get(str(index), {}), "enable": True, "auth_type": auth_type}
         self._call("POST", "/openai/config/update", json={"ENABLE_OPENAI_API": True, "OPENAI_API_BASE_URLS": urls,
                                                           "OPENAI_API_KEYS": keys, "OPENAI_API_CONFIGS": configs})
-        return {"url": url, "auth_type": "session"}
+        return {"url": url, "auth_type": auth_type}
