@@ -41,6 +41,18 @@ def test_env_follows_the_settings() -> None:
     assert env["RAG_EMBEDDING_ENGINE"] == "openai" and env["VECTOR_DB"] == "chroma"
 
 
+def test_env_for_chat_connects_the_chat_and_pipelines_servers_with_one_kept_key(tmp_path: Path) -> None:
+    state = {"EMBED_STATE_DIR": str(tmp_path / "state"), "EMBED_PIPELINES_PORT": "9111"}
+    first = json.loads(run_cli("openwebui-env", "--chat", "--json", **state).stdout)
+    key = (tmp_path / "state" / "pipelines.key").read_text()
+    assert (tmp_path / "state" / "pipelines.key").stat().st_mode & 0o777 == 0o600 and len(key) >= 32
+    assert first["OPENAI_API_BASE_URLS"] == "http://127.0.0.1:8090/v1;http://127.0.0.1:9111"
+    assert first["OPENAI_API_KEYS"] == f";{key}" and first["ENABLE_FORWARD_USER_INFO_HEADERS"] == "true"
+    assert json.loads(run_cli("openwebui-env", "--chat", "--json", **state).stdout) == first
+    configured = json.loads(run_cli("openwebui-env", "--chat", "--json", **state, EMBED_PIPELINES_KEY="mine").stdout)
+    assert configured["OPENAI_API_KEYS"] == ";mine"
+
+
 def test_models_with_prefixes_make_open_webui_send_input_type(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
     models.write_text('[[models]]\nid = "e5"\nsource = "x"\nquery_prefix = "query: "\ndocument_prefix = "passage: "\n')

@@ -24,7 +24,7 @@ from vector_bridge.openwebui_env import (CHAT_CONNECTION_NOTE, chat_connection_e
 from vector_bridge.repair import remove_unlinked_chunks
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
                                   nearest_chunks, open_collection)
-from vector_bridge.stack import openwebui_venv, run_stack
+from vector_bridge.stack import openwebui_venv, pipelines_key, run_stack
 from vector_bridge.store import StoreError, connect
 
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "openwebui-env":
         env = openwebui_environment(settings, args.model)
         if args.chat:
-            env |= chat_connection_environment(settings)
+            env |= chat_connection_environment(settings, pipelines_key(settings))
         print(json.dumps(env, indent=2) if args.json else render_env_file(env), end="\n" if args.json else "")
         if args.chat and not args.json:
             print("\n".join(f"# {line}" for line in textwrap.wrap(CHAT_CONNECTION_NOTE, 96)))
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 applied = webui.apply_embedding_config(settings, args.model)
                 if args.chat:
                     applied["chat_connection"] = webui.add_chat_connection(settings.chat_url)
+                    applied["pipelines_connection"] = webui.add_pipelines_connection(settings.pipelines_url,
+                                                                                     pipelines_key(settings))
         except (OpenWebUIError, httpx.HTTPError) as error:
             print(f"vector-bridge: {error}", file=sys.stderr)
             return 1

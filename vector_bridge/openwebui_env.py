@@ -42,15 +42,20 @@ def openwebui_environment(settings: Settings, model: str | None = None) -> dict[
 
 
 CHAT_CONNECTION_NOTE = (
-    "The Knowledge chat server as an Open WebUI connection. Its key stays empty: the connection's auth must be "
-    "'Session' (Admin > Settings > Connections, or `vector-bridge openwebui-apply --chat`), so that each user's "
-    "own session reaches the server and it answers from that user's Knowledge only; until then it refuses."
+    "Two Open WebUI connections: the Knowledge chat server, then the Pipelines server. The chat server's key "
+    "stays empty: that connection's auth must be 'Session' (Admin > Settings > Connections, or `vector-bridge "
+    "openwebui-apply --chat`), so that each user's own session reaches the server and it answers from that "
+    "user's Knowledge only; until then it refuses. The Pipelines server takes its key; Open WebUI names the "
+    "chatting user to it, and it gives each user only the Knowledge they may read (it needs the chat server's "
+    "OPENWEBUI_API_KEY to be an Open WebUI admin's key to tell)."
 )
 
 
-def chat_connection_environment(settings: Settings) -> dict[str, str]:
-    return {"ENABLE_OPENAI_API": "true", "OPENAI_API_BASE_URLS": settings.chat_url, "OPENAI_API_KEYS": "",
-            "ENABLE_FORWARD_USER_INFO_HEADERS": "true"}
+def chat_connection_environment(settings: Settings, pipelines_key: str) -> dict[str, str]:
+    """Open WebUI's connection lines for the chat server and the Pipelines server (`;`-separated lists, in the
+    same order, as Open WebUI reads them)."""
+    return {"ENABLE_OPENAI_API": "true", "OPENAI_API_BASE_URLS": f"{settings.chat_url};{settings.pipelines_url}",
+            "OPENAI_API_KEYS": f";{pipelines_key}", "ENABLE_FORWARD_USER_INFO_HEADERS": "true"}
 
 
 def render_env_file(env: dict[str, str]) -> str:

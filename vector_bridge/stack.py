@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from config import Settings
+from embed_server.state_file import write_atomic
 from config.settings import is_loopback
 from vector_bridge.openwebui_env import openwebui_environment
 from vector_bridge.store import connect, widen_hnsw_search
@@ -131,12 +133,32 @@ def embed_service(settings: Settings, config_file: str | None) -> Service:
 
 
 def chat_service(settings: Settings, config_file: str | None) -> Service:
+    """The chat server, with its Pipelines server on ``settings.pipelines_port``."""
     command = [sys.executable, "-m", "chat_server.cli", "--host", settings.chat_host, "--port", str(settings.chat_port)]
     if config_file:
         command += ["--config", config_file]
+    env = bridge_environment(settings) | {"EMBED_PIPELINES_KEY": pipelines_key(settings)}
     # The first start converts the offline generator's GGUF weights once (a minute on a small CPU).
     return Service("chat", command, f"{settings.chat_url.removesuffix('/v1')}/ready", settings.log_dir / "chat-server.log",
-                   env=bridge_environment(settings), ready_timeout=600)
+                   env=env, ready_timeout=600)
+
+
+def pipelines_key(settings: Settings) -> str:
+    """The key of the Pipelines server: the configured one, else one generated once and kept in the state folder."""
+    if settings.pipelines_key is not None:
+        return settings.pipelines_key.get_secret_value()
+    return stored_secret(settings.state_dir / "pipelines.key")
+
+
+def stored_secret(path: Path) -> str:
+    """A secret generated on first use and kept in ``path``: owner-only from its first byte (a chmod after
+    writing leaves a window), and whole or absent (written aside, then renamed), since an empty secret from a
+    killed write would keep the service that reads it from ever starting."""
+    with suppress(OSError):
+        if existing := path.read_text().strip():
+            return existing
+    write_atomic(path, secrets.token_urlsafe(32).encode())
+    return path.read_text().strip()
 
 
 def bridge_environment(settings: Settings) -> dict[str, str]:
@@ -169,20 +191,10 @@ def openwebui_service(settings: Settings) -> Service:
     venv = openwebui_venv(settings)
     data = settings.openwebui_data.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    secret_file = data / ".webui_secret_key"
-    if not secret_file.exists() or not secret_file.read_text().strip():
-        # Owner-only from its first byte (a chmod after writing leaves a window), and whole or absent (written
-        # aside, then renamed): an empty key from a killed write would keep Open WebUI from ever starting.
-        partial = secret_file.with_name(f".{secret_file.name}.{os.getpid()}.tmp")
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-            file.write(secrets.token_urlsafe(32))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, secret_file)
     address = urlsplit(settings.openwebui_url)
     env = openwebui_environment(settings) | {
         "DATA_DIR": str(data),
-        "WEBUI_SECRET_KEY": secret_file.read_text().strip(),
+        "WEBUI_SECRET_KEY": stored_secret(data / ".webui_secret_key"),
         # No outbound calls: no hub downloads, no version check, no model lists from remote APIs.
         "OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1",
         "ENABLE_OLLAMA_API": "false", "ENABLE_OPENAI_API": "false",
@@ -266,6 +278,7 @@ def run_stack(settings: Settings, *, config_file: str | None = None, with_openwe
         print(f"Embeddings API    {settings.embeddings_url}", flush=True)
         if with_chat:
             print(f"Knowledge chat    {settings.chat_url}", flush=True)
+            print(f"Pipelines         {settings.pipelines_url}", flush=True)
         if with_openwebui:
             print(f"Open WebUI        {settings.openwebui_url}", flush=True)
         print(f"Logs              {settings.log_dir}/   (Ctrl-C stops everything)", flush=True)
