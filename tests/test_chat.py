@@ -8,6 +8,8 @@ with our server added as a connection that forwards each user's own session, lis
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import httpx
 import openai
@@ -23,7 +25,7 @@ pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
 
 def test_alice_streams_answers_with_sources_through_the_openai_client(chat: str, people: People) -> None:
     client = openai.OpenAI(base_url=chat, api_key=people.alice["api_key"], timeout=300)
-    model = f"knowledge-{people['knowledge']}"
+    model = f"knowledge-{people.knowledge}"
     assert {model, "knowledge-all"} <= {m.id for m in client.models.list()}
     found = 0
     for question, relevant in people.questions.items():
@@ -46,7 +48,7 @@ def test_alice_streams_answers_with_sources_through_the_openai_client(chat: str,
 def test_langchain_streams_with_no_parse_error(chat: str, people: People) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=chat, api_key=people.alice["api_key"], model=f"knowledge-{people['knowledge']}",
+    llm = ChatOpenAI(base_url=chat, api_key=people.alice["api_key"], model=f"knowledge-{people.knowledge}",
                      max_tokens=24, timeout=300)
     pieces = list(llm.stream("What does the Knowledge say about vitamin D?"))
     assert "".join(piece.content for piece in pieces).strip()
@@ -54,7 +56,7 @@ def test_langchain_streams_with_no_parse_error(chat: str, people: People) -> Non
 
 def test_bob_cannot_chat_over_alices_knowledge(chat: str, people: People) -> None:
     bob = openai.OpenAI(base_url=chat, api_key=people.bob["api_key"], timeout=300)
-    model = f"knowledge-{people['knowledge']}"
+    model = f"knowledge-{people.knowledge}"
     assert model not in {m.id for m in bob.models.list()}
     with pytest.raises(openai.NotFoundError) as refused:
         bob.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is in it?"}])
@@ -87,7 +89,7 @@ def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, peo
     # Our server as an OpenAI connection that forwards each user's own session: it answers as that user.
     assert admin.add_chat_connection(chat) == {"url": chat, "auth_type": "session"}
     alice = people.alice["client"]
-    model = f"knowledge-{people['knowledge']}"
+    model = f"knowledge-{people.knowledge}"
     listed = {m["id"] for m in alice._call("GET", "/api/models")["data"]}
     assert model in listed
     question = next(iter(people.questions))
@@ -118,3 +120,33 @@ def test_a_connection_that_sends_one_fixed_key_for_every_user_is_refused(chat: s
                                                       "X-OpenWebUI-User-Id": bob_id}, timeout=60)
         assert answer.status_code == 403 and "Session" in answer.json()["error"]["message"]
         assert people.knowledge not in answer.text
+
+
+def test_a_saved_chat_keeps_the_answer_and_its_sources(chat: str, people: People, chat_stack: Stack) -> None:
+    """As Open WebUI's own page chats: into a saved chat, answered in the background, the message stored with
+    the sources our server sent."""
+    people.admin.add_chat_connection(chat)
+    alice = people.alice["client"]
+    question, relevant = next(iter(people.questions.items()))
+    model = f"knowledge-{people.knowledge}"
+    user_id, answer_id = str(uuid.uuid4()), str(uuid.uuid4())
+    history = {"messages": {
+        user_id: {"id": user_id, "parentId": None, "childrenIds": [answer_id], "role": "user", "content": question,
+                  "models": [model]},
+        answer_id: {"id": answer_id, "parentId": user_id, "childrenIds": [], "role": "assistant", "content": "",
+                    "model": model, "done": False}}, "currentId": answer_id}
+    saved = alice._call("POST", "/api/v1/chats/new", json={"chat": {"title": "Papers", "models": [model],
+                                                                    "history": history, "messages": []}})
+    started = alice._call("POST", "/api/chat/completions", json={
+        "model": model, "messages": [{"role": "user", "content": question}], "stream": True, "chat_id": saved["id"],
+        "id": answer_id, "session_id": "test-session", "parent_id": user_id})
+    assert started.get("status") is True, started
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        message = alice._call("GET", f"/api/v1/chats/{saved['id']}")["chat"]["history"]["messages"][answer_id]
+        if message.get("done"):
+            break
+        time.sleep(1)
+    assert message.get("done") and message["content"].strip(), message
+    assert {source["source"]["name"] for source in message.get("sources") or []} & relevant, message.get("sources")
+    (ARTIFACTS / "saved-chat-message.json").write_text(json.dumps(message, indent=1))
