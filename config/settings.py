@@ -145,6 +145,16 @@ class Settings(BaseSettings):
     chroma_ef_search: int = Field(default=500, ge=0, description="HNSW ef_search set on every collection when "
                                   "Chroma starts (Open WebUI leaves Chroma's 100); 0 leaves collections alone.")
 
+    # Or PostgreSQL + pgvector as the shared store (Open WebUI's VECTOR_DB=pgvector)
+    store: Literal["chroma", "pgvector"] = Field(default="chroma", description="The shared store `vector-bridge "
+                                                 "up` starts and `openwebui-env` points Open WebUI at.")
+    pgvector_url: SecretStr | None = Field(default=None, description="A postgresql:// URL of your own PostgreSQL "
+                                           "with pgvector; none: `vector-bridge up --store pgvector` runs one.")
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(default=5432, ge=0, le=65535)
+    postgres_path: Path = Field(default=Path("data/postgres"), description="The built-in PostgreSQL's data "
+                                "(and, when run as root, a copy of its programs the unprivileged user can run).")
+
     # The RAG chat server (chat_server): answers from the shared Knowledge with a generator
     chat_host: str = "127.0.0.1"
     chat_port: int = Field(default=8090, ge=0, le=65535)

@@ -19,7 +19,7 @@ from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNot
 from vector_bridge.ingest import IngestError, ingest
 from vector_bridge.migrate import MigrationError, migrate_store, roll_back
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
-from vector_bridge.openwebui_env import (CHAT_CONNECTION_NOTE, chat_connection_environment,
+from vector_bridge.openwebui_env import (StoreDoesNotFit, CHAT_CONNECTION_NOTE, chat_connection_environment,
                                         openwebui_environment, render_env_file)
 from vector_bridge.repair import remove_unlinked_chunks
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
@@ -36,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start Chroma and the embeddings server, supervise them")
     up.add_argument("--with-openwebui", action="store_true", help="also start a pre-wired Open WebUI (installed once)")
     up.add_argument("--with-chat", action="store_true", help="also start the Knowledge chat server (OpenAI-compatible)")
+    up.add_argument("--store", choices=["chroma", "pgvector"], help="the shared store (env EMBED_STORE; default chroma): "
+                    "pgvector runs a PostgreSQL with pgvector unless EMBED_PGVECTOR_URL names your own")
 
     commands.add_parser("install-openwebui", help="install Open WebUI into its cached venv (once per version)")
 
     env = commands.add_parser("openwebui-env", help="print the environment block for Open WebUI")
     env.add_argument("--model", help="served model id Open WebUI should use (default: the first)")
     env.add_argument("--chat", action="store_true", help="also the lines that connect the Knowledge chat server")
+    env.add_argument("--store", choices=["chroma", "pgvector"], help="the store Open WebUI uses (env EMBED_STORE)")
     env.add_argument("--json", action="store_true")
 
     apply = commands.add_parser("openwebui-apply", help="switch a running Open WebUI to this stack, live")
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        store = getattr(args, "store", None)
+        settings = load_settings(args.config, **({"store": store} if store else {}))
     except (SettingsError, FileNotFoundError) as error:
         print(f"vector-bridge: invalid settings: {error}", file=sys.stderr)
         return 2
@@ -129,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "openwebui-env":
-        env = openwebui_environment(settings, args.model)
+        try:
+            env = openwebui_environment(settings, args.model)
+        except StoreDoesNotFit as error:
+            print(f"vector-bridge: {error}", file=sys.stderr)
+            return 2
         if args.chat:
             env |= chat_connection_environment(settings, pipelines_key(settings))
         print(json.dumps(env, indent=2) if args.json else render_env_file(env), end="\n" if args.json else "")

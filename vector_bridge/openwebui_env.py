@@ -14,7 +14,7 @@ PERSISTENT_CONFIG_NOTE = (
 
 
 def openwebui_environment(settings: Settings, model: str | None = None) -> dict[str, str]:
-    """Environment for Open WebUI: embeddings from our server, vectors in our Chroma store."""
+    """Environment for Open WebUI: embeddings from our server, vectors in our store (Chroma or pgvector)."""
     spec = settings.models[0] if model is None else next(s for s in settings.models if model in s.names)
     keys = [key.get_secret_value() for key in settings.api_keys]
     env = {
@@ -23,12 +23,13 @@ def openwebui_environment(settings: Settings, model: str | None = None) -> dict[
         # Open WebUI always sends a Bearer header; any value passes when the server has no keys.
         "RAG_OPENAI_API_KEY": keys[0] if keys else "unused",
         "RAG_EMBEDDING_MODEL": spec.id,
-        "VECTOR_DB": "chroma",
-        "CHROMA_HTTP_HOST": settings.chroma_host,
-        "CHROMA_HTTP_PORT": str(settings.chroma_port),
-        "CHROMA_HTTP_SSL": str(settings.chroma_ssl).lower(),
     }
-    if settings.chroma_token is not None:
+    if settings.store == "pgvector":
+        env |= pgvector_environment(settings, model_dimension(settings, spec.id))
+    else:
+        env |= {"VECTOR_DB": "chroma", "CHROMA_HTTP_HOST": settings.chroma_host,
+                "CHROMA_HTTP_PORT": str(settings.chroma_port), "CHROMA_HTTP_SSL": str(settings.chroma_ssl).lower()}
+    if settings.chroma_token is not None and settings.store == "chroma":
         # Open WebUI splits this value on "," and "=": the token may contain neither.
         env["CHROMA_HTTP_HEADERS"] = f"Authorization=Bearer {settings.chroma_token.get_secret_value()}"
     if spec.kind == "hybrid" or spec.query_prefix or spec.document_prefix:
@@ -39,6 +40,44 @@ def openwebui_environment(settings: Settings, model: str | None = None) -> dict[
             "RAG_EMBEDDING_CONTENT_PREFIX": "document",
         }
     return env
+
+
+# pgvector indexes at most 2,000 dimensions as `vector` and 4,000 as `halfvec` (half precision).
+PGVECTOR_MAX_INDEXED = 2000
+HALFVEC_MAX_INDEXED = 4000
+
+
+class StoreDoesNotFit(ValueError):
+    """The model's vectors are longer than pgvector can index."""
+
+
+def pgvector_environment(settings: Settings, dimension: int) -> dict[str, str]:
+    """Open WebUI on pgvector, its one table sized for ``dimension``: Open WebUI pads or cuts every vector to
+    the length the table was created with, so it must be the served model's, and fixed before the first start."""
+    from vector_bridge.postgres import pgvector_url
+
+    if dimension > HALFVEC_MAX_INDEXED:
+        raise StoreDoesNotFit(f"the model's vectors have {dimension} dimensions; pgvector indexes at most "
+                              f"{HALFVEC_MAX_INDEXED} (halfvec): serve a model with shorter vectors on pgvector")
+    env = {"VECTOR_DB": "pgvector", "PGVECTOR_DB_URL": pgvector_url(settings),
+           "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH": str(dimension), "PGVECTOR_INDEX_METHOD": "hnsw"}
+    if dimension > PGVECTOR_MAX_INDEXED:
+        env["PGVECTOR_USE_HALFVEC"] = "true"
+    return env
+
+
+def model_dimension(settings: Settings, model: str) -> int:
+    """The length of the vectors a served model gives, read from its files (its weights are not loaded)."""
+    spec = next(s for s in settings.models if model in s.names)
+    if spec.kind == "hybrid":
+        assert spec.dense is not None
+        return model_dimension(settings, spec.dense) + spec.lexical_dim
+    from transformers import AutoConfig
+
+    from embed_server.backends.transformer import resolve_source
+
+    assert spec.source is not None
+    return int(AutoConfig.from_pretrained(str(resolve_source(spec.source))).hidden_size)
 
 
 CHAT_CONNECTION_NOTE = (

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from config import Settings
-from embed_server.state_file import write_atomic
 from config.settings import is_loopback
-from vector_bridge.openwebui_env import openwebui_environment
+from embed_server.state_file import write_atomic
+from vector_bridge.openwebui_env import StoreDoesNotFit, openwebui_environment
 from vector_bridge.store import connect, widen_hnsw_search
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class Service:
     process: subprocess.Popen | None = None
     restarts: int = 0
     on_ready: Callable[[], None] | None = None  # after every start and restart, before anything else uses it
+    ready_check: Callable[[], bool] | None = None  # instead of ready_url, for a service that does not speak HTTP
+    user: str | None = None  # run as this system user (PostgreSQL refuses to run as root)
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,17 @@ class Service:
             # A new session: Ctrl-C in the terminal reaches us, and we stop children in order.
             self.process = subprocess.Popen(self.command, env={**os.environ, **self.env}, stdout=output,
                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=_die_with_parent, user=self.user,
+                                            group=self.user and _primary_group(self.user),
+                                            extra_groups=[] if self.user else None)
+
+    def is_ready(self) -> bool:
+        if self.ready_check is not None:
+            return self.ready_check()
+        try:
+            return httpx.get(self.ready_url, timeout=2).status_code in self.ready_statuses
+        except httpx.HTTPError:
+            return False
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -59,13 +71,10 @@ class Service:
             if self.process is None or self.process.poll() is not None:
                 raise StackError(f"{self.name} exited with code {self.process and self.process.returncode}; "
                                  f"see {self.log_path}")
-            try:
-                if httpx.get(self.ready_url, timeout=2).status_code in self.ready_statuses:
-                    if self.on_ready is not None:
-                        self.on_ready()
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.is_ready():
+                if self.on_ready is not None:
+                    self.on_ready()
+                return
             time.sleep(0.3)
         raise StackError(f"{self.name} not ready after {self.ready_timeout:.0f} s; see {self.log_path}")
 
@@ -87,6 +96,12 @@ def _die_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _primary_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
 
 
 def _venv_binary(name: str) -> str:
@@ -187,8 +202,20 @@ def openwebui_venv(settings: Settings) -> Path:
     return venv
 
 
+def openwebui_pgvector_client(settings: Settings, venv: Path) -> None:
+    """Installs, once, what Open WebUI needs to run on VECTOR_DB=pgvector: its base install lacks the client,
+    which its own `postgres` extra pins (pgvector, psycopg2-binary)."""
+    complete = venv / ".pgvector-client-complete"
+    if not complete.exists():
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                        f"open-webui[postgres]=={settings.openwebui_version}"], check=True)
+        complete.touch()
+
+
 def openwebui_service(settings: Settings) -> Service:
     venv = openwebui_venv(settings)
+    if settings.store == "pgvector":
+        openwebui_pgvector_client(settings, venv)
     data = settings.openwebui_data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     address = urlsplit(settings.openwebui_url)
@@ -254,13 +281,37 @@ def exposure_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def store_services(settings: Settings) -> list[Service]:
+    """The shared store's own processes: Chroma, the built-in PostgreSQL, or none (your own PostgreSQL)."""
+    if settings.store == "chroma":
+        return [chroma_service(settings)]
+    if settings.pgvector_url is not None:
+        return []
+    from vector_bridge.postgres import postgres_service  # it builds on this module's Service
+
+    return [postgres_service(settings)]
+
+
+def redacted_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
 def run_stack(settings: Settings, *, config_file: str | None = None, with_openwebui: bool = False,
               with_chat: bool = False) -> int:
     if problems := exposure_problems(settings):
         for problem in problems:
             print(f"vector-bridge: {problem}", file=sys.stderr)
         return 2
-    services = [chroma_service(settings), embed_service(settings, config_file)]
+    from vector_bridge.postgres import PostgresError, pgvector_url
+
+    try:
+        services = [*store_services(settings), embed_service(settings, config_file)]
+    except (StoreDoesNotFit, PostgresError) as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 2
     if with_chat:
         services.append(chat_service(settings, config_file))
     if with_openwebui:
@@ -274,7 +325,10 @@ def run_stack(settings: Settings, *, config_file: str | None = None, with_openwe
     signal.signal(signal.SIGTERM, request_stop)
     try:
         supervisor.start()
-        print(f"Chroma store      http://{settings.chroma_host}:{settings.chroma_port}", flush=True)
+        if settings.store == "pgvector":
+            print(f"pgvector store    {redacted_url(pgvector_url(settings))}", flush=True)
+        else:
+            print(f"Chroma store      http://{settings.chroma_host}:{settings.chroma_port}", flush=True)
         print(f"Embeddings API    {settings.embeddings_url}", flush=True)
         if with_chat:
             print(f"Knowledge chat    {settings.chat_url}", flush=True)
