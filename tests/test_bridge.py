@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -22,11 +24,15 @@ import httpx
 import numpy as np
 import pytest
 
+from config import load_settings
 from tests.conftest import ARTIFACTS
-from tests.servers import EVAL
+from tests.servers import EVAL, free_port
 from tests.stack import Stack, build_stack
 from vector_bridge.cli import main
 from vector_bridge.openwebui import OpenWebUIClient
+from vector_bridge.openwebui_env import pgvector_environment
+from vector_bridge.postgres import postgres_service
+from vector_bridge.stack import openwebui_pgvector_client, openwebui_venv
 from vector_bridge.store import connect
 
 pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
@@ -334,6 +340,47 @@ def test_doctor_flags_wrong_model_dimension_orphans_and_empty_collections(
         store.delete_collection(name)
     monkeypatch.setenv("OPENWEBUI_API_KEY", environment["OPENWEBUI_API_KEY"])
     assert run_cli(capsys, "doctor")[0] == 0
+
+
+def test_open_webui_moved_to_pgvector_answers_as_before(environment, ingested, sample, stack: Stack,
+                                                        capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`migrate --to-store` while Open WebUI runs on Chroma; then Open WebUI restarted on pgvector: the same
+    questions find the same top documents."""
+    questions, _, _ = sample
+    webui = OpenWebUIClient(environment["OPENWEBUI_URL"], environment["OPENWEBUI_API_KEY"])
+    [base] = [b for b in webui.list_knowledge() if b["name"] == KNOWLEDGE]
+
+    def top_documents() -> list[str]:
+        return [webui.query_collection(base["id"], question, k=1)["metadatas"][0][0]["name"]
+                for question in list(questions.values())[:8]]
+
+    before = top_documents()
+    root = Path(tempfile.mkdtemp(prefix="bridge-pgvector-"))
+    os.chmod(root, 0o711)  # run as root, PostgreSQL's unprivileged user passes through here
+    pg = load_settings(store="pgvector", postgres_port=free_port(), postgres_path=root / "postgres",
+                       state_dir=root / "state", log_dir=stack.root / "logs")
+    postgres = postgres_service(pg)
+    chroma_env = dict(stack.openwebui.env)
+    try:
+        postgres.spawn()
+        postgres.wait_ready()
+        SECRETS.add((pg.state_dir / "postgres.password").read_text())
+        monkeypatch.setenv("EMBED_STATE_DIR", str(pg.state_dir))
+        monkeypatch.setenv("EMBED_POSTGRES_PORT", str(pg.postgres_port))
+        code, report, error = run_cli(capsys, "migrate", "--to-store", "pgvector")
+        assert code == 0, error
+        assert base["id"] in {c["collection"] for c in report["collections"]}
+        openwebui_pgvector_client(stack.settings, openwebui_venv(stack.settings))
+        stack.openwebui.env = {k: v for k, v in chroma_env.items() if not k.startswith("CHROMA_")} | \
+            pgvector_environment(pg, report["dimension"])
+        stack.restart(stack.openwebui)
+        assert top_documents() == before
+    finally:
+        stack.openwebui.env = chroma_env
+        stack.restart(stack.openwebui)
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_no_secret_shows_in_any_log_or_cli_output(environment, stack: Stack, capsys: pytest.CaptureFixture) -> None:

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = move.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", metavar="MODEL", help="served model id to re-embed with")
     target.add_argument("--rollback", metavar="MODEL", help="undo the migration to MODEL, from the kept old vectors")
+    target.add_argument("--to-store", metavar="STORE", help="copy every collection into pgvector, unchanged: "
+                        "'pgvector' (the store EMBED_PGVECTOR_URL names, else the built-in one) or a "
+                        "postgresql:// URL; Open WebUI keeps running on Chroma until you switch it")
     move.add_argument("--collection", action="append", help="only this collection (repeatable; implies "
                                                             "--store-only: Open WebUI is not switched)")
     move.add_argument("--store-only", action="store_true", help="migrate the store without switching Open WebUI")
@@ -304,6 +307,8 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.to_store:
+        return _move_store(args, settings)
     if not 1 <= args.batch <= 2048:  # the embeddings API takes at most 2,048 inputs per request
         print("vector-bridge: --batch must be between 1 and 2048", file=sys.stderr)
         return 2
@@ -348,6 +353,40 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
               f"{result.model}) or its queries stay on the old model.")
     else:
         print(f"Open WebUI: {result.openwebui}")
+    return 0
+
+
+def _move_store(args: argparse.Namespace, settings: Settings) -> int:
+    from vector_bridge.pgvector_store import PgvectorStore
+    from vector_bridge.postgres import pgvector_url
+    from vector_bridge.store_move import move_to_pgvector, vector_length
+
+    url = pgvector_url(settings) if args.to_store == "pgvector" else args.to_store
+    if not url.startswith(("postgresql://", "postgres://")):
+        print("vector-bridge: --to-store takes 'pgvector' or a postgresql:// URL", file=sys.stderr)
+        return 2
+    try:
+        client = connect(settings)
+        dimension = vector_length(client, args.collection)
+        with PgvectorStore(url) as target:
+            report = move_to_pgvector(client, target, dimension=dimension, only=args.collection,
+                                      progress=_show_progress(args))
+    except StoreError as error:
+        print(f"vector-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    for done in report.collections:
+        print(f"{done.collection}: {done.chunks} chunks ({done.written} written, {done.removed} removed, "
+              f"{done.verified} compared whole) in {done.seconds:.1f} s")
+    if report.skipped:
+        print(f"not copied (migrate's own shadows and kept old vectors): {', '.join(report.skipped)}")
+    print(f"Every collection is in pgvector ({report.dimension} dimensions). To switch Open WebUI: stop it, run "
+          "this command once more (it brings over what was written meanwhile), then start Open WebUI with "
+          f"VECTOR_DB=pgvector, PGVECTOR_DB_URL (your URL) and PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH="
+          f"{report.dimension}{' and PGVECTOR_USE_HALFVEC=true' if report.dimension > 2000 else ''} "
+          "(`vector-bridge openwebui-env --store pgvector` prints them for the built-in store).")
     return 0
 
 

@@ -1,0 +1,160 @@
+"""`vector-bridge migrate --to-store`: every collection of a real Chroma server into a real PostgreSQL with
+pgvector, ids, texts, metadata and vectors unchanged; later runs catch up (adds, changes, deletes); a run
+killed at any moment is finished by the next one, and no page is ever half written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import chromadb
+import numpy as np
+import psycopg
+import pytest
+
+from config import Settings, load_settings
+from tests.servers import REPO, free_port
+from vector_bridge.pgvector_store import PgvectorStore
+from vector_bridge.postgres import pgvector_url, postgres_service
+from vector_bridge.stack import chroma_service
+
+pytestmark = pytest.mark.slow
+DIM = 384
+CONFIG = repr({"engine": "openai", "model": "all-MiniLM-L6-v2"})
+
+
+@pytest.fixture(scope="module")
+def settings() -> Iterator[Settings]:
+    root = Path(tempfile.mkdtemp(prefix="store-move-"))
+    os.chmod(root, 0o711)  # run as root, PostgreSQL's unprivileged user passes through here
+    yield load_settings(chroma_port=free_port(), chroma_path=root / "chroma", postgres_port=free_port(),
+                        postgres_path=root / "postgres", state_dir=root / "state", log_dir=root / "logs")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stores(settings: Settings) -> Iterator[chromadb.ClientAPI]:
+    services = [chroma_service(settings), postgres_service(settings)]
+    try:
+        for service in services:
+            service.spawn()
+            service.wait_ready()
+        yield chromadb.HttpClient(host="127.0.0.1", port=settings.chroma_port)
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def fill(client: chromadb.ClientAPI, name: str, count: int, seed: int, *, start: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    collection = client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"})
+    ids = [f"{name}-{i}" for i in range(start, start + count)]
+    texts = [f"Chunk {i} of {name}: 한국어 text, quotes \" and newlines\n here" for i in range(start, start + count)]
+    metadatas = [{"name": f"{name}.md", "source": f"{name}.md", "file_id": name, "start_index": i * 100,
+                  "embedding_config": CONFIG, "score": 0.5 + i / 1e4} for i in range(start, start + count)]
+    for page in range(0, count, 500):
+        collection.add(ids=ids[page:page + 500], documents=texts[page:page + 500],
+                       metadatas=metadatas[page:page + 500], embeddings=vectors[page:page + 500])
+
+
+def cli(settings: Settings, *args: str, **popen: object) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")} | {
+        "EMBED_CHROMA_PORT": str(settings.chroma_port), "EMBED_STATE_DIR": str(settings.state_dir),
+        "EMBED_POSTGRES_PORT": str(settings.postgres_port)}
+    return subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "migrate", "--to-store", "pgvector", *args],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def move(settings: Settings) -> dict:
+    process = cli(settings, "--json")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    return json.loads(out)
+
+
+def assert_identical(client: chromadb.ClientAPI, settings: Settings, names: list[str]) -> None:
+    with PgvectorStore(pgvector_url(settings)) as target:
+        assert set(names) <= set(target.collections())
+        for name in names:
+            source = client.get_collection(name).get(include=["documents", "metadatas", "embeddings"])
+            expected = {i: (d, m, np.asarray(v, dtype=np.float32)) for i, d, m, v in
+                        zip(source["ids"], source["documents"], source["metadatas"], source["embeddings"])}
+            stored = {chunk.id: chunk for chunk in target.read(name)}
+            assert set(stored) == set(expected), name
+            for chunk_id, (text, metadata, vector) in expected.items():
+                chunk = stored[chunk_id]
+                assert (chunk.text, chunk.metadata) == (text, metadata)
+                assert np.abs(chunk.vector - vector).max() <= 1e-6
+
+
+def test_every_collection_arrives_unchanged_and_later_runs_catch_up(stores: chromadb.ClientAPI,
+                                                                    settings: Settings) -> None:
+    names = ["knowledge-a", "file-1", "file-2", "user-memory-u1"]
+    for seed, name in enumerate(names):
+        fill(stores, name, 300 + 50 * seed, seed)
+    fill(stores, "knowledge-a.pre.other-model", 20, 9)  # what `migrate --to` keeps: not the live store
+
+    report = move(settings)
+    assert report["dimension"] == DIM and report["skipped"] == ["knowledge-a.pre.other-model"]
+    with PgvectorStore(pgvector_url(settings)) as target:
+        assert "knowledge-a.pre.other-model" not in target.collections()
+    assert {c["collection"]: c["written"] for c in report["collections"]} == {"file-1": 350, "file-2": 400,
+                                                                           "knowledge-a": 300, "user-memory-u1": 450}
+    assert_identical(stores, settings, names)
+
+    # Open WebUI kept writing to Chroma meanwhile: an upload, an edit, a deletion.
+    fill(stores, "knowledge-a", 10, 42, start=300)
+    edited = np.eye(DIM, dtype=np.float32)[:1]  # the client would embed a text given without its vector
+    stores.get_collection("file-1").update(ids=["file-1-3"], documents=["edited"], embeddings=edited)
+    stores.get_collection("file-2").delete(ids=["file-2-0", "file-2-1"])
+    fill(stores, "file-3", 5, 7)
+    again = {c["collection"]: c for c in move(settings)["collections"]}
+    assert (again["knowledge-a"]["written"], again["file-1"]["written"], again["file-2"]["removed"]) == (10, 1, 2)
+    assert again["file-3"]["written"] == 5 and again["user-memory-u1"]["written"] == 0
+    assert_identical(stores, settings, [*names, "file-3"])
+    with psycopg.connect(pgvector_url(settings)) as connection:
+        indexes = [row[0] for row in connection.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'document_chunk'").fetchall()]
+    assert any("hnsw" in index and "vector_cosine_ops" in index for index in indexes)
+
+
+def test_a_run_killed_midway_is_finished_by_the_next(stores: chromadb.ClientAPI, settings: Settings) -> None:
+    fill(stores, "big", 6000, 11)
+    with PgvectorStore(pgvector_url(settings)) as target:
+        assert "big" not in target.collections()
+    process = cli(settings, "--collection", "big", start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with PgvectorStore(pgvector_url(settings)) as target:
+            written = target.collections().get("big", 0)
+        if written:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    with PgvectorStore(pgvector_url(settings)) as target:
+        written = target.collections().get("big", 0)
+    assert 0 < written < 6000 and written % 256 == 0, written  # whole pages only
+    report = move(settings)
+    assert {c["collection"]: c["written"] for c in report["collections"]}["big"] == 6000 - written
+    assert_identical(stores, settings, ["big"])
+
+
+def test_bad_targets_are_clear_errors(settings: Settings) -> None:
+    for target, expected in (("mysql://x", "postgresql:// URL"),
+                             (f"postgresql://postgres:wrong-secret@127.0.0.1:{settings.postgres_port}/postgres",
+                              "cannot connect")):
+        process = subprocess.run([sys.executable, "-m", "vector_bridge.cli", "migrate", "--to-store", target],
+                                 capture_output=True, text=True, cwd=REPO, timeout=120,
+                                 env={**os.environ, "EMBED_CHROMA_PORT": str(settings.chroma_port)})
+        assert process.returncode != 0 and expected in process.stderr and "wrong-secret" not in process.stderr

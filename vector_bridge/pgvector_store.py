@@ -1,0 +1,165 @@
+"""Open WebUI's pgvector store, read and written in Open WebUI's own layout.
+
+Open WebUI (``VECTOR_DB=pgvector``) keeps every chunk in one table, ``document_chunk(id text primary key,
+vector vector(N) | halfvec(N), collection_name text, text text, vmetadata jsonb)``: a "collection" is a
+``collection_name`` value, ids are unique across the whole table, and vectors are zero-padded or cut to
+the N the table was created with. This module writes exactly that, so Open WebUI reads what we write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vector_bridge.store import StoreError
+
+TABLE = "document_chunk"
+# The names Open WebUI gives its indexes: it creates them only where they do not exist yet.
+VECTOR_INDEX = "idx_document_chunk_vector"
+COLLECTION_INDEX = "idx_document_chunk_collection_name"
+HALFVEC_ABOVE = 2000  # pgvector indexes `vector` up to 2,000 dimensions, `halfvec` up to 4,000
+
+
+class PgvectorError(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Table:
+    dimension: int
+    halfvec: bool
+
+
+@dataclass
+class Chunk:
+    id: str
+    text: str
+    vector: np.ndarray
+    metadata: dict[str, Any]
+
+
+class PgvectorStore:
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        try:
+            self._db = psycopg.connect(url, connect_timeout=10)
+        except psycopg.Error as error:
+            # psycopg's message may quote the URL's password: say only what failed.
+            raise PgvectorError(f"cannot connect to PostgreSQL ({type(error).__name__})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PgvectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def table(self) -> Table | None:
+        """The chunk table's vector column, or None when Open WebUI (or we) have not created it yet."""
+        row = self._db.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attname = 'vector' AND NOT attisdropped", (TABLE,)).fetchone()
+        self._db.commit()
+        if row is None:
+            return None
+        found = re.fullmatch(r"(vector|halfvec)\((\d+)\)", row[0])
+        if found is None:
+            raise PgvectorError(f"{TABLE}.vector is {row[0]}, not a sized vector or halfvec column")
+        return Table(int(found[2]), found[1] == "halfvec")
+
+    def create_table(self, dimension: int) -> Table:
+        """The table as Open WebUI creates it for ``dimension`` (its first start then finds it and checks N)."""
+        halfvec = dimension > HALFVEC_ABOVE
+        kind = "halfvec" if halfvec else "vector"
+        with self._db.transaction():
+            self._db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id text PRIMARY KEY, vector {kind}({dimension}), "
+                             "collection_name text NOT NULL, text text, vmetadata jsonb)")
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {COLLECTION_INDEX} ON {TABLE} (collection_name)")
+        return Table(dimension, halfvec)
+
+    def create_vector_index(self, table: Table) -> None:
+        """HNSW with Open WebUI's name and defaults (m 16, ef_construction 64): built once after a bulk copy,
+        which is faster than growing it row by row."""
+        opclass = "halfvec_cosine_ops" if table.halfvec else "vector_cosine_ops"
+        with self._db.transaction():
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {TABLE} USING hnsw (vector {opclass}) "
+                             "WITH (m = 16, ef_construction = 64)")
+
+    def collections(self) -> dict[str, int]:
+        rows = self._db.execute(f"SELECT collection_name, count(*) FROM {TABLE} GROUP BY collection_name").fetchall()
+        self._db.commit()
+        return dict(rows)
+
+    def fingerprints(self, collection: str) -> dict[str, str]:
+        rows = self._db.execute(f"SELECT id, text, vmetadata FROM {TABLE} WHERE collection_name = %s",
+                                (collection,)).fetchall()
+        self._db.commit()
+        return {chunk_id: chunk_fingerprint(text, metadata) for chunk_id, text, metadata in rows}
+
+    def write(self, collection: str, chunks: list[Chunk], table: Table) -> None:
+        """Insert or replace ``chunks`` in one transaction: all of them or none."""
+        from psycopg.types.json import Jsonb
+
+        ids = [chunk.id for chunk in chunks]
+        with self._db.transaction():
+            taken = self._db.execute(f"SELECT id, collection_name FROM {TABLE} WHERE id = ANY(%s) "
+                                     "AND collection_name <> %s LIMIT 1", (ids, collection)).fetchone()
+            if taken is not None:
+                raise PgvectorError(f"chunk id {taken[0]} of {collection} is already used by {taken[1]}: ids are "
+                                    "unique across pgvector's one table")
+            with self._db.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO {TABLE} (id, vector, collection_name, text, vmetadata) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET vector = EXCLUDED.vector, text = EXCLUDED.text, "
+                    "vmetadata = EXCLUDED.vmetadata",
+                    [(chunk.id, vector_literal(chunk.vector, table.dimension), collection, chunk.text,
+                      Jsonb(chunk.metadata)) for chunk in chunks])
+
+    def delete(self, collection: str, ids: list[str]) -> None:
+        with self._db.transaction():
+            self._db.execute(f"DELETE FROM {TABLE} WHERE collection_name = %s AND id = ANY(%s)", (collection, ids))
+
+    def read(self, collection: str, ids: list[str] | None = None) -> Iterator[Chunk]:
+        query = f"SELECT id, text, vector::text, vmetadata FROM {TABLE} WHERE collection_name = %s"
+        arguments: tuple[Any, ...] = (collection,)
+        if ids is not None:
+            query, arguments = query + " AND id = ANY(%s)", (collection, ids)
+        rows = self._db.execute(query + " ORDER BY id", arguments).fetchall()
+        self._db.commit()
+        for chunk_id, text, vector, metadata in rows:
+            yield Chunk(chunk_id, text or "", parse_vector(vector), metadata or {})
+
+
+def chunk_fingerprint(text: str | None, metadata: dict[str, Any] | None) -> str:
+    """Text and the whole metadata (the model included: a re-embedded chunk has new vectors)."""
+    import hashlib
+
+    blob = json.dumps([without_nul(text or ""), metadata or {}], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def without_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters; Open WebUI drops them too."""
+    return text.replace("\x00", "")
+
+
+def vector_literal(vector: np.ndarray, dimension: int) -> str:
+    """pgvector's text form, zero-padded or cut to the table's dimension as Open WebUI does. float32 values
+    are written with every digit they need, so the stored value is the same float32."""
+    values = np.asarray(vector, dtype=np.float32)[:dimension]
+    if len(values) < dimension:
+        values = np.concatenate([values, np.zeros(dimension - len(values), dtype=np.float32)])
+    return "[" + ",".join(repr(float(value)) for value in values) + "]"
+
+
+def parse_vector(text: str) -> np.ndarray:
+    return np.array(text.strip("[]").split(","), dtype=np.float32) if text else np.zeros(0, dtype=np.float32)
