@@ -26,11 +26,13 @@ def test_a_collections_model_is_read_once_and_a_new_collection_under_the_name_is
     assert models.model(collection) == "all-MiniLM-L6-v2"
     calls: list[object] = []
     original_get = collection.get
-    collection.get = lambda *args, **kwargs: calls.append(args) or original_get(*args, **kwargs)  # type: ignore[method-assign]
+    collection.get = (  # type: ignore[method-assign]
+        lambda *args, **kwargs: calls.append(args) or original_get(*args, **kwargs))
     assert models.model(collection) == "all-MiniLM-L6-v2"
     assert calls == []  # answered from memory: no page of metadata read again
 
-    client.delete_collection("knowledge-base")  # migrate, restore or a re-created Knowledge base: a new id under the name
+    # migrate, restore or a re-created Knowledge base: a new collection, a new id, under the name
+    client.delete_collection("knowledge-base")
     renewed = client.create_collection("knowledge-base")
     _chunks(renewed, "all-MiniLM-L6-v2-hybrid")
     assert models.model(client.get_collection("knowledge-base")) == "all-MiniLM-L6-v2-hybrid"
