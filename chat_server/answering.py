@@ -11,7 +11,7 @@ from chromadb.api import ClientAPI
 from chat_server.errors import GeneratorDown, UpstreamUnavailable
 from chat_server.generators import Generator, GeneratorUnavailable
 from chat_server.prompt import grounded_messages, last_question
-from chat_server.retrieval import Source, retrieve
+from chat_server.retrieval import CollectionModels, Source, retrieve
 from vector_bridge.access import KnowledgeBase
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError
 from vector_bridge.store import StoreError
@@ -39,6 +39,7 @@ class Answering:
         self.generator = generator
         self.top_k = top_k
         self.max_tokens = max_tokens
+        self.models = CollectionModels()
 
     async def sources(self, bases: list[KnowledgeBase], messages: list[dict[str, str]], *,
                       top_k: int | None = None, min_score: float | None = None) -> list[Source]:
@@ -46,7 +47,8 @@ class Answering:
         if not bases:
             return []
         try:
-            found = await retrieve(self.store(), self.embeddings, bases, last_question(messages), top_k or self.top_k)
+            found = await retrieve(self.store(), self.embeddings, bases, last_question(messages),
+                                   top_k or self.top_k, self.models)
         except (StoreError, EmbeddingsError) as error:
             raise UpstreamUnavailable(f"The store or the embeddings server could not be reached: {error}") from None
         return [source for source in found if min_score is None or source.score >= min_score]

@@ -4,6 +4,11 @@ Each Knowledge base is searched with the model that embedded it (dense or hybrid
 Cosine scores of different models are not comparable, so results are fused by rank, not by score:
 reciprocal rank fusion, ``sum over lists of 1 / (60 + rank)`` (Cormack et al., 2009), which for a single
 Knowledge base keeps its own order. The fused top k reach the prompt.
+
+A collection's model is read once per collection id (``CollectionModels``): reading it costs a count and a
+page of chunk metadata, more than the search itself. The collection is still looked up by name on every
+search, so a Knowledge base that was migrated, restored or re-created (a new collection, a new id) is seen at
+once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
 
 from vector_bridge.access import KnowledgeBase
 from vector_bridge.embeddings import EmbeddingsClient
@@ -36,20 +42,43 @@ class Source:
         return str(self.metadata.get("name") or self.metadata.get("source") or self.knowledge.name)
 
 
+class CollectionModels:
+    """The embedding model of each collection, by collection id. Open WebUI writes a collection's chunks with
+    the model it was created under, and every change of model (`vector-bridge migrate`, restore, a re-created
+    Knowledge base) puts a new collection, with a new id, under the name."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._models: dict[str, str] = {}
+        self._limit = limit
+
+    def model(self, collection: Collection) -> str | None:
+        """The collection's model; None while it is empty (nothing to search, nothing to remember)."""
+        key = str(collection.id)
+        if (model := self._models.get(key)) is not None:
+            return model
+        if not collection.count():
+            return None
+        model = embedding_model(collection)
+        if len(self._models) >= self._limit:  # ids of dropped collections pile up: start over, rarely
+            self._models.clear()
+        self._models[key] = model
+        return model
+
+
 async def retrieve(store: ClientAPI, embeddings: EmbeddingsClient, bases: list[KnowledgeBase], question: str,
-                   k: int) -> list[Source]:
-    found = await asyncio.gather(*(asyncio.to_thread(_search_one, store, embeddings, base, question, k)
+                   k: int, models: CollectionModels) -> list[Source]:
+    found = await asyncio.gather(*(asyncio.to_thread(_search_one, store, embeddings, models, base, question, k)
                                    for base in bases))
     return fuse(found, k)
 
 
-def _search_one(store: ClientAPI, embeddings: EmbeddingsClient, base: KnowledgeBase, question: str,
-                k: int) -> list[Source]:
+def _search_one(store: ClientAPI, embeddings: EmbeddingsClient, models: CollectionModels, base: KnowledgeBase,
+                question: str, k: int) -> list[Source]:
     try:
         collection = open_collection(store, base.id)  # a Knowledge base with no files yet has none
-        if not collection.count():
+        model = models.model(collection)
+        if model is None:
             return []
-        model = embedding_model(collection)
     except SearchError as error:  # no collection, or no single model this server can tell
         log.warning("Knowledge base skipped", extra={"knowledge": base.id, "reason": str(error)})
         return []
