@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
 
 def test_alice_streams_answers_with_sources_through_the_openai_client(chat: str, people: People) -> None:
     client = openai.OpenAI(base_url=chat, api_key=people.alice["api_key"], timeout=300)
-    model = f"knowledge-{people['knowledge']}"
+    model = f"knowledge-{people.knowledge}"
     assert {model, "knowledge-all"} <= {m.id for m in client.models.list()}
     found = 0
     for question, relevant in people.questions.items():
@@ -46,7 +46,7 @@ def test_alice_streams_answers_with_sources_through_the_openai_client(chat: str,
 def test_langchain_streams_with_no_parse_error(chat: str, people: People) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=chat, api_key=people.alice["api_key"], model=f"knowledge-{people['knowledge']}",
+    llm = ChatOpenAI(base_url=chat, api_key=people.alice["api_key"], model=f"knowledge-{people.knowledge}",
                      max_tokens=24, timeout=300)
     pieces = list(llm.stream("What does the Knowledge say about vitamin D?"))
     assert "".join(piece.content for piece in pieces).strip()
@@ -54,7 +54,7 @@ def test_langchain_streams_with_no_parse_error(chat: str, people: People) -> Non
 
 def test_bob_cannot_chat_over_alices_knowledge(chat: str, people: People) -> None:
     bob = openai.OpenAI(base_url=chat, api_key=people.bob["api_key"], timeout=300)
-    model = f"knowledge-{people['knowledge']}"
+    model = f"knowledge-{people.knowledge}"
     assert model not in {m.id for m in bob.models.list()}
     with pytest.raises(openai.NotFoundError) as refused:
         bob.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is in it?"}])
@@ -87,7 +87,7 @@ def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, peo
     # Our server as an OpenAI connection that forwards each user's own session: it answers as that user.
     assert admin.add_chat_connection(chat) == {"url": chat, "auth_type": "session"}
     alice = people.alice["client"]
-    model = f"knowledge-{people['knowledge']}"
+    model = f"knowledge-{people.knowledge}"
     listed = {m["id"] for m in alice._call("GET", "/api/models")["data"]}
     assert model in listed
     question = next(iter(people.questions))

@@ -14,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 
 router = APIRouter()
 FILES = {"chat.html": "text/html; charset=utf-8", "chat.js": "text/javascript; charset=utf-8",
-         "chat.css": "text/css; charset=utf-8"}
+         "chat.css": "text/css; charset=utf-8", "chat.svg": "image/svg+xml"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",

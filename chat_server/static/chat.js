@@ -42,6 +42,8 @@ function errorText(body, fallback) {
 async function loadKnowledge() {
   rememberKey();
   closeSocket();
+  $("knowledge").disabled = true;
+  $("send").disabled = true;
   setStatus("Connecting…");
   let response;
   try {
