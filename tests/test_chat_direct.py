@@ -248,8 +248,9 @@ def test_uploads_land_in_open_webuis_knowledge_and_answer(chat: str, people: Peo
     assert by_name["figures.xyz"]["status"] == "skipped" and uploaded["ok"] is False
     knowledge_id = uploaded["knowledge"]["id"]
     # Open WebUI lists it in the Knowledge base, as its own UI does.
-    listed = people.alice["client"].knowledge(knowledge_id)
-    assert UPLOAD in {f["meta"]["name"] for f in listed["files"]}, listed["files"]
+    assert people.alice["client"].knowledge(knowledge_id)["name"] == "Alice uploads"
+    listed = people.alice["client"].knowledge_files(knowledge_id)  # what its Knowledge page lists (0.12.4)
+    assert [(f["id"], f["meta"]["name"]) for f in listed] == [(by_name[UPLOAD]["file_id"], UPLOAD)], listed
     answer = ask(chat, people.alice["api_key"], question="Where does the orange submarine Pelican-7 dock?",
                  knowledge=knowledge_id, max_tokens=24).json()
     assert answer["sources"][0]["name"] == UPLOAD and "pier 42" in answer["sources"][0]["text"]
