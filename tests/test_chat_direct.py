@@ -9,6 +9,7 @@ headless Chromium uses the page; per-credential rate limits answer 429 on a serv
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -317,3 +318,21 @@ def test_the_chat_page_answers_with_sources_in_headless_chromium(chat: str, peop
             browser.close()
     assert screenshot.stat().st_size > 10_000
     assert addresses and not [a for a in addresses if key in a]  # the key never went into an address
+
+
+def test_a_knowledge_base_bob_may_only_read_refuses_his_uploads(chat: str, people: People) -> None:
+    admin, bob = people.admin, people.bob
+    shared = admin.create_knowledge("Team handbook", "read-only for Bob")["id"]
+    bob_id = bob["client"].session_user()["id"]
+    admin._call("POST", f"/api/v1/knowledge/{shared}/access/update", json={"access_grants": [
+        {"principal_type": "user", "principal_id": bob_id, "permission": "read"}]})
+    key = bob["api_key"]
+    deadline = time.monotonic() + 30  # the server reuses a caller's readable list for a few seconds
+    while shared not in httpx.get(f"{root(chat)}/api/knowledge", headers=bearer(key), timeout=60).text:
+        assert time.monotonic() < deadline, "the shared Knowledge base never became readable for Bob"
+        time.sleep(1)
+    assert ask(chat, key, question="What is in the handbook?", knowledge=shared, max_tokens=4).status_code == 200
+    error = assert_openai_error(upload(chat, key, [("bob.txt", b"Bob's own note.")], knowledge=shared), 403,
+                                "permission_denied")
+    assert "not add files" in error["message"]
+    assert people.admin.knowledge_files(shared) == []
