@@ -63,10 +63,13 @@ class ChatSocket:
                                     status.WS_1011_INTERNAL_ERROR)
 
     async def _receive(self, timeout: float | None = None) -> Any:
-        """The next message as JSON; an unreadable one is answered with a 400 and skipped."""
+        """The next message as JSON; an unreadable one is answered with a 400 and skipped. ``timeout`` bounds
+        the whole wait, unreadable messages included: junk does not keep an unauthenticated socket open."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while True:
+            left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
             try:
-                text = await asyncio.wait_for(self.socket.receive_text(), timeout)
+                text = await asyncio.wait_for(self.socket.receive_text(), left)
             except TimeoutError:
                 raise await self._close_after(AuthenticationFailed("No credential was sent in time."),
                                               status.WS_1008_POLICY_VIOLATION) from None

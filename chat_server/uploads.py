@@ -43,7 +43,10 @@ def safe_name(name: str | None) -> str:
     """The last part of a client's file name, without control characters: never a path of this machine."""
     name = PurePosixPath((name or "").replace("\\", "/")).name
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
-    while len(name.encode()) > MAX_NAME_BYTES:
+    stem, dot, suffix = name.rpartition(".")
+    if len(name) > MAX_NAME_BYTES:  # cut by characters first, keeping a short suffix: .pdf must stay .pdf
+        name = f"{stem[:MAX_NAME_BYTES - len(suffix) - 1]}.{suffix}" if dot and len(suffix) <= 16 else name[:MAX_NAME_BYTES]
+    while len(name.encode()) > MAX_NAME_BYTES:  # then by bytes: at most a few hundred steps
         stem, dot, suffix = name.rpartition(".")
         name = f"{stem[:-1]}{dot}{suffix}" if dot and stem else name[:-1]
     return name if name not in ("", ".", "..") else "upload"
