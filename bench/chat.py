@@ -116,7 +116,8 @@ def recall(ranked: list[str], relevant: set[str], k: int) -> float:
 
 def standin_chat_service(settings: Settings, port: int) -> Service:
     env = bridge_environment(settings) | {"EMBED_PORT": str(settings.port), "HF_HUB_OFFLINE": "1",
-                                          "EMBED_CHAT_TOP_K": str(TOP_K)}
+                                          "EMBED_CHAT_TOP_K": str(TOP_K),
+                                          "EMBED_CHAT_RATE_LIMIT": ""}  # one caller asks hundreds of times a minute
     return Service("chat (stand-in generator)", [sys.executable, str(Path(__file__).with_name("_standin_chat.py")),
                                                  str(port)],
                    f"http://127.0.0.1:{port}/ready", settings.log_dir / "chat-server.log", env=env)

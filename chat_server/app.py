@@ -16,9 +16,11 @@ from chat_server.answering import Answering
 from chat_server.generators import Generator
 from chat_server.generators.local import LocalGenerator
 from chat_server.generators.openai_compatible import OpenAICompatibleGenerator
+from chat_server.gate import DIRECT_ROUTES, ChatGate
 from chat_server.routes import completions, health
+from chat_server.routes import direct, documents, page
 from config import Settings, load_settings
-from embed_server.auth import AccessGate, FailedAttempts, KeyGuard
+from embed_server.auth import FailedAttempts, KeyGuard
 from embed_server.errors import install_error_handlers
 from embed_server.metrics import Metrics
 from embed_server.middleware import RequestGuard
@@ -67,7 +69,12 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(health.router)
-    gate = AccessGate(KeyGuard([], settings.rate_limit), app.state.failed_attempts, keyed=(), user=USER_ROUTES)
+    app.include_router(direct.router)
+    app.include_router(documents.router)
+    app.include_router(page.router)
+    app.state.chat_keys = KeyGuard([], settings.chat_rate_limit)  # the WebSocket counts its questions itself
+    gate = ChatGate(KeyGuard([], settings.rate_limit), app.state.chat_keys, app.state.failed_attempts,
+                    user=(*USER_ROUTES, *DIRECT_ROUTES))
     app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes, gate=gate)
     return app
 

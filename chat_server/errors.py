@@ -19,3 +19,17 @@ class UpstreamUnavailable(APIError):
     status_code = 502
     type = "server_error"
     code = "upstream_unavailable"
+
+
+class KnowledgeNotFound(APIError):
+    """A Knowledge base that does not exist and one the caller may not read get this same 404."""
+
+    status_code = 404
+    type = "invalid_request_error"
+    code = "knowledge_not_found"
+
+
+class UploadTooLarge(APIError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "upload_too_large"

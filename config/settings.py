@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     chat_source_events: Literal["auto", "always", "never"] = Field(
         default="auto", description="Stream Open WebUI's source events: auto sends them when the request "
         "carries Open WebUI's forwarded user headers (ENABLE_FORWARD_USER_INFO_HEADERS).")
+    chat_rate_limit: str | None = Field(
+        default="60/minute", description="Per caller credential on the routes that generate or upload "
+        "(/v1/chat/completions, /api/chat and its WebSocket's questions, /api/documents), in the `limits` "
+        "notation; counted on top of rate_limit. Empty: no limit.")
+    chat_upload_max_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="The largest /api/documents "
+                                       "upload, all its files together (max_request_bytes bounds it too).")
 
     # The Pipelines server (Open WebUI's Pipelines protocol), run by the chat server next to its own port
     pipelines_host: str = "127.0.0.1"
@@ -223,6 +229,19 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
+
+    @field_validator("chat_rate_limit")
+    @classmethod
+    def _limit_notation(cls, value: str | None) -> str | None:
+        # A typo would otherwise surface as a 500 on the first chat request rather than at start.
+        if value:
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError("not a rate limit in the `limits` notation, e.g. '60/minute'") from None
+        return value or None
 
     @model_validator(mode="after")
     def _keys_from_file(self) -> "Settings":

@@ -68,6 +68,11 @@ class KnowledgeAccess:
         (an API key: Open WebUI tells who holds a key only to that person's browser session)."""
         return await self._cached("user", token, self._session_user)
 
+    def forget(self, token: str) -> None:
+        """Drop the answers kept for ``token``: its holder has just changed what they may read."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        self._answers = {key: value for key, value in self._answers.items() if key[1] != digest}
+
     async def _cached(self, what: str, token: str, ask: Callable[[str], Awaitable[Any]]) -> Any:
         key = (what, hashlib.sha256(token.encode()).hexdigest())
         now = time.monotonic()

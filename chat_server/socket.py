@@ -1,0 +1,159 @@
+"""The direct chat API's WebSocket: questions in, answers streamed out.
+
+Protocol (JSON text messages):
+
+- client: ``{"type": "auth", "token": "<Open WebUI API key or session token>"}`` first, unless the handshake
+  carried ``Authorization: Bearer ...`` (clients other than browsers). The credential never goes in the URL.
+- server: ``{"type": "ready", "knowledge": [{"id", "name"}...]}``, the Knowledge bases the caller may read.
+- client: a question, the body of ``POST /api/chat`` (``"type": "question"`` optional).
+- server: ``{"type": "token", "text"}`` pieces, then ``{"type": "sources", "sources": [...], "knowledge":
+  [...]}``, then ``{"type": "done"}``. One question at a time; the socket then takes the next.
+- server, on a refused question: ``{"type": "error", "status": <HTTP status>, "error": {OpenAI-shaped}}``
+  (429 adds ``retry_after`` seconds); the socket stays open. A credential that fails closes it with 1008
+  after the error, an unexpected failure with 1011.
+
+The credential travels in a message, not a cookie, so another site's page cannot ride a user's login to open
+this socket (no cross-site WebSocket hijacking): it would have to know the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette import status
+
+from chat_server.caller import readable_bases
+from chat_server.direct import ask, choose, knowledge_field, parse_question
+from chat_server.errors import GeneratorDown
+from chat_server.generators import GeneratorUnavailable
+from chat_server.sources import sources_field
+from embed_server.auth import KeyGuard, key_identity
+from embed_server.errors import APIError, AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited, error_body
+from vector_bridge.access import KnowledgeBase
+
+log = logging.getLogger(__name__)
+AUTH_WAIT_SECONDS = 30.0  # a socket that never authenticates holds a connection: not for long
+
+
+class _Closed(Exception):
+    """The socket is over: the client left, or the server closed it."""
+
+
+class ChatSocket:
+    def __init__(self, socket: WebSocket) -> None:
+        self.socket = socket
+        self.app = socket.app
+        self.token = ""
+
+    async def serve(self) -> None:
+        await self.socket.accept()
+        try:
+            await self._authenticate()
+            while True:
+                await self._answer(await self._receive())
+        except (_Closed, WebSocketDisconnect):
+            return
+        except Exception as error:  # noqa: BLE001 - the client gets a clean close, the log the detail
+            log.exception("chat socket failed", extra={"error": type(error).__name__})
+            await self._close_after(APIError("The server had an error processing the request."),
+                                    status.WS_1011_INTERNAL_ERROR)
+
+    async def _receive(self, timeout: float | None = None) -> Any:
+        """The next message as JSON; an unreadable one is answered with a 400 and skipped. ``timeout`` bounds
+        the whole wait, unreadable messages included: junk does not keep an unauthenticated socket open."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+            try:
+                text = await asyncio.wait_for(self.socket.receive_text(), left)
+            except TimeoutError:
+                raise await self._close_after(AuthenticationFailed("No credential was sent in time."),
+                                              status.WS_1008_POLICY_VIOLATION) from None
+            except KeyError:  # a binary frame: receive_text finds no "text"
+                await self._send_error(InvalidRequest("Send JSON text messages."))
+                continue
+            try:
+                return json.loads(text)
+            except ValueError:
+                await self._send_error(InvalidRequest("The message is not valid JSON."))
+
+    async def _authenticate(self) -> None:
+        header = self.socket.headers.get("authorization")
+        if header:
+            scheme, _, token = header.partition(" ")
+            self.token = token.strip() if scheme.lower() == "bearer" else ""
+        else:
+            first = await self._receive(AUTH_WAIT_SECONDS)
+            if isinstance(first, dict) and first.get("type") == "auth" and isinstance(first.get("token"), str):
+                self.token = first["token"].strip()
+        if not self.token:
+            raise await self._close_after(AuthenticationFailed(
+                'Missing API key. Send {"type": "auth", "token": "<key>"} first, or connect with an '
+                "Authorization header."), status.WS_1008_POLICY_VIOLATION)
+        try:
+            bases = await self._readable()
+        except APIError as error:  # Open WebUI down: the client may try again later
+            raise await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER) from None
+        await self._send({"type": "ready", "knowledge": knowledge_field(bases)})
+
+    async def _readable(self) -> list[KnowledgeBase]:
+        """The caller's readable Knowledge; a refused credential ends the socket."""
+        try:
+            return await readable_bases(self.socket, self.token)
+        except (AuthenticationFailed, PermissionDenied, RateLimited) as error:
+            # RateLimited here: this address has made too many failed credential checks.
+            raise await self._close_after(error, status.WS_1008_POLICY_VIOLATION) from None
+
+    async def _answer(self, message: Any) -> None:
+        try:
+            if isinstance(message, dict) and message.get("type", "question") == "question":
+                message = {key: value for key, value in message.items() if key != "type"}
+            elif isinstance(message, dict):
+                raise InvalidRequest(f"Unknown message type '{str(message.get('type'))[:40]}'.", param="type")
+            question = parse_question(message)
+            chat_keys: KeyGuard = self.app.state.chat_keys
+            chat_keys.count(key_identity(self.token))
+            bases = choose(await self._readable(), question.knowledge)
+            answer = await ask(self.app.state.answering, bases, question)
+        except APIError as error:
+            await self._send_error(error)
+            return
+        try:
+            async for piece in answer.pieces:
+                await self._send({"type": "token", "text": piece})
+        except GeneratorUnavailable as error:
+            # Part of the answer is out: say it broke off, and keep the socket for the next question.
+            await self._send_error(GeneratorDown(str(error)))
+            return
+        finally:
+            await answer.pieces.aclose()  # a client that left stops the generator's stream here
+        await self._send({"type": "sources", "sources": sources_field(answer.sources),
+                          "knowledge": knowledge_field(bases)})
+        await self._send({"type": "done"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.socket.send_text(json.dumps(message, ensure_ascii=False))
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: Starlette's "already closed"
+            raise _Closed from None
+
+    async def _send_error(self, error: APIError) -> None:
+        message: dict[str, Any] = {"type": "error", "status": error.status_code,
+                                   "error": error_body(error.message, error.type, param=error.param,
+                                                       code=error.code)["error"]}
+        if "Retry-After" in error.headers:
+            message["retry_after"] = int(error.headers["Retry-After"])
+        await self._send(message)
+
+    async def _close_after(self, error: APIError, code: int) -> _Closed:
+        """Send ``error``, close with ``code``; the caller raises what this returns, to end the socket."""
+        try:
+            await self._send_error(error)
+            await self.socket.close(code)
+        except (_Closed, WebSocketDisconnect, RuntimeError):
+            pass
+        return _Closed()

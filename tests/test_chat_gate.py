@@ -1,0 +1,47 @@
+"""The chat server's gate and upload names, without a stack: which path needs what, and what a client's
+file name may become."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat_server.gate import CHAT_SOCKET, DIRECT_ROUTES, ChatGate
+from chat_server.uploads import safe_name
+from embed_server.auth import FailedAttempts, KeyGuard
+
+
+def gate(chat_limit: str | None = "2/minute") -> ChatGate:
+    return ChatGate(KeyGuard([], None), KeyGuard([], chat_limit), FailedAttempts("100/minute"),
+                    user=("/v1/models", "/v1/chat/completions", *DIRECT_ROUTES))
+
+
+def test_the_socket_alone_is_left_to_authenticate_itself() -> None:
+    g = gate()
+    assert g.refusal(CHAT_SOCKET, None, "10.0.0.1") is None
+    for path in ("/api/chat", "/api/chat/ws/", "/api/chat/wsx", "/api/documents", "/api/knowledge", "/v1/models",
+                 "/v1/chat/completions"):
+        refusal = g.refusal(path, None, "10.0.0.1")
+        assert refusal is not None and refusal.status_code == 401, path
+    assert g.refusal("/chat", None, "10.0.0.1") is None and g.refusal("/health", None, "10.0.0.1") is None
+
+
+def test_the_chat_limit_counts_per_credential_on_generating_routes_only() -> None:
+    g = gate()
+    alice, bob = "Bearer alice-key", "Bearer bob-key"
+    assert g.refusal("/api/chat", alice, "10.0.0.1") is None
+    assert g.refusal("/api/documents", alice, "10.0.0.1") is None
+    limited = g.refusal("/v1/chat/completions", alice, "10.0.0.1")
+    assert limited is not None and limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+    assert g.refusal("/api/knowledge", alice, "10.0.0.1") is None  # listing is not generating
+    assert g.refusal("/api/chat", bob, "10.0.0.1") is None  # same address, another credential
+    assert gate(None).refusal("/api/chat", alice, "10.0.0.1") is None
+
+
+@pytest.mark.parametrize(("sent", "kept"), [
+    ("notes.txt", "notes.txt"), ("../../etc/passwd", "passwd"), ("C:\\Users\\a\\report.pdf", "report.pdf"),
+    ("..", "upload"), ("", "upload"), (None, "upload"), ("bad\x00na\nme.md", "badname.md"),
+    ("x" * 5000 + ".pdf", "x" * 251 + ".pdf"), ("é" * 300 + ".txt", "é" * 125 + ".txt"),
+])
+def test_upload_names_are_a_plain_file_name(sent: str | None, kept: str) -> None:
+    assert safe_name(sent) == kept
+    assert len(safe_name(sent).encode()) <= 255
