@@ -231,6 +231,12 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _no_empty_redis_url(cls, value: Any) -> Any:
+        # compose passes ${EMBED_REDIS_URL:-}: empty means no Redis, not a Redis at "".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _keys_from_file(self) -> "Settings":
         if self.api_keys_file is not None:
