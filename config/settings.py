@@ -235,7 +235,12 @@ class Settings(BaseSettings):
     @classmethod
     def _no_empty_redis_url(cls, value: Any) -> Any:
         # compose passes ${EMBED_REDIS_URL:-}: empty means no Redis, not a Redis at "".
-        return None if isinstance(value, str) and not value.strip() else value
+        if isinstance(value, str) and not value.strip():
+            return None
+        url = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(url, str) and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")  # never echo it: it holds a password
+        return value
 
     @model_validator(mode="after")
     def _keys_from_file(self) -> "Settings":

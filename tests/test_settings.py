@@ -61,3 +61,6 @@ def test_redis_is_off_unless_a_url_is_given_and_its_password_stays_secret(monkey
     with pytest.raises(SettingsError) as refused:
         load_settings(idf_refresh_seconds=0)
     assert "idf_refresh_seconds" in str(refused.value) and "pa55word" not in str(refused.value)
+    with pytest.raises(SettingsError, match="redis_url: .*redis://") as refused:
+        load_settings(redis_url="http://:pa55word@redis:6379")
+    assert "pa55word" not in str(refused.value)
