@@ -202,6 +202,23 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, description="How Open WebUI reaches this server, e.g. "
                                    "http://embed:8080; default http://<host>:<port>.")
 
+    # Several replicas: what they share through Redis (none of it without redis_url)
+    redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db shared by "
+                                        "every replica: the hybrid models' query IDF and, with redis_cache, an "
+                                        "embedding cache. None: each replica keeps its own (file state).")
+    redis_prefix: str = Field(default="embed:", min_length=1, description="Prefix of every Redis key, so that "
+                              "several deployments can share one Redis.")
+    redis_cache: bool = Field(default=True, description="With redis_url: a shared embedding cache behind the "
+                              "in-process one (vectors keyed by a hash of model, input type and text).")
+    redis_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="How long a shared cache "
+                                         "entry lives; Redis' own maxmemory (volatile-lru) bounds its size.")
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, description="Longest wait for one Redis call; "
+                                         "then the request is served from the model.")
+    redis_retry_seconds: float = Field(default=5.0, gt=0, description="After a failed Redis call, Redis is "
+                                       "left alone this long (no request waits on it), then tried again.")
+    idf_refresh_seconds: float = Field(default=2.0, gt=0, description="How often each replica fetches the "
+                                       "shared IDF: replicas agree on query vectors within this long.")
+
     @property
     def embeddings_url(self) -> str:
         """The /v1 base URL clients such as Open WebUI use."""
@@ -242,6 +259,17 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("not a rate limit in the `limits` notation, e.g. '60/minute'") from None
         return value or None
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _no_empty_redis_url(cls, value: Any) -> Any:
+        # compose passes ${EMBED_REDIS_URL:-}: empty means no Redis, not a Redis at "".
+        if isinstance(value, str) and not value.strip():
+            return None
+        url = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(url, str) and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")  # never echo it: it holds a password
+        return value
 
     @model_validator(mode="after")
     def _keys_from_file(self) -> "Settings":

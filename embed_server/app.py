@@ -21,7 +21,7 @@ from embed_server.routes import embeddings, health, models, rerank, search
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    metrics = Metrics()
+    metrics = Metrics(shared=settings.redis_url is not None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

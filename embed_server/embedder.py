@@ -11,9 +11,10 @@ import numpy as np
 from config import ModelSpec
 from embed_server.backends import EmbeddingBackend
 from embed_server.batcher import LengthSortedBatcher
-from embed_server.cache import CachedEmbedding, EmbeddingCache
+from embed_server.cache import CacheKey, CachedEmbedding, EmbeddingCache
 from embed_server.errors import InputTooLong, QueueFull
 from embed_server.metrics import Metrics
+from embed_server.shared_cache import SharedEmbeddingCache, model_fingerprint
 from embed_server.token_ids import decode_cl100k
 
 InputType = Literal["query", "document"] | None
@@ -40,6 +41,7 @@ class Embedder:
         *,
         truncate: bool,
         token_ids: Literal["cl100k_base", "model"],
+        shared: SharedEmbeddingCache | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -48,6 +50,9 @@ class Embedder:
         self.metrics = metrics
         self.truncate = truncate
         self.token_ids = token_ids
+        self.shared = shared  # Redis, behind the in-process cache: other replicas' vectors
+        self.fingerprint = model_fingerprint(spec, truncate=truncate, dimension=backend.dimension,
+                                             max_tokens=backend.max_tokens)
 
     @property
     def dimension(self) -> int:
@@ -72,17 +77,38 @@ class Embedder:
         found = [self.cache.get(key) for key in keys]
         # Repeats inside one request are embedded once.
         missing = list(dict.fromkeys(key for key, entry in zip(keys, found) if entry is None))
+        self.metrics.cache_lookups.labels(self.spec.id, "memory", "hit").inc(len(keys) - len(missing))
+        self.metrics.cache_lookups.labels(self.spec.id, "memory", "miss").inc(len(missing))
+        fresh = await self._from_shared_cache(missing)
+        hits = len(keys) - len(missing) + len(fresh)
+        missing = [key for key in missing if key not in fresh]
         if missing:
             first_index = {key: index for index, key in reversed(list(enumerate(keys)))}
             tokenized = await self._tokenize([key[2] for key in missing])
             ids = [self._checked(item, first_index[key]) for item, key in zip(tokenized, missing)]
             vectors = await self._encode(ids)
-            fresh = {key: CachedEmbedding(vector, len(token_ids)) for key, vector, token_ids in zip(missing, vectors, ids)}
-            for key, entry in fresh.items():
-                self.cache.put(key, entry)
-            found = [entry or fresh[key] for key, entry in zip(keys, found)]
+            encoded = {key: CachedEmbedding(vector, len(token_ids)) for key, vector, token_ids in zip(missing, vectors, ids)}
+            await self._to_shared_cache(encoded)
+            fresh |= encoded
+        for key, entry in fresh.items():
+            self.cache.put(key, entry)
+        found = [entry or fresh[key] for key, entry in zip(keys, found)]
         result = Embeddings(np.stack([entry.vector for entry in found]), sum(entry.tokens for entry in found))
-        return self._count(result, hits=len(keys) - len(missing))
+        return self._count(result, hits=hits)
+
+    def _shared_key(self, key: CacheKey) -> str:
+        assert self.shared is not None
+        return self.shared.key(self.fingerprint, key[1], key[2])
+
+    async def _from_shared_cache(self, keys: list[CacheKey]) -> dict[CacheKey, CachedEmbedding]:
+        if self.shared is None or not keys:
+            return {}
+        entries = await self.shared.get_many(self.spec.id, [self._shared_key(key) for key in keys], self.dimension)
+        return {key: entry for key, entry in zip(keys, entries) if entry is not None}
+
+    async def _to_shared_cache(self, entries: dict[CacheKey, CachedEmbedding]) -> None:
+        if self.shared is not None:
+            await self.shared.put_many({self._shared_key(key): entry for key, entry in entries.items()})
 
     async def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if sum(len(text) for text in texts) > _INLINE_TOKENIZE_CHARS:

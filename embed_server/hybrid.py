@@ -19,6 +19,7 @@ from config import ModelSpec
 from embed_server.backends.lexical import DocumentFrequencies, HashedLexicalEncoder, cjk_share
 from embed_server.embedder import Embedder, Embeddings, Inputs, InputType
 from embed_server.errors import InvalidRequest
+from embed_server.shared_idf import SharedDocumentFrequencies
 from embed_server.token_ids import decode_cl100k
 
 _INLINE_CHARS = 16_384
@@ -26,11 +27,15 @@ _DOCUMENT_WEIGHT = 1 / math.sqrt(2)
 
 
 class HybridEmbedder:
-    def __init__(self, spec: ModelSpec, dense: Embedder, frequencies: DocumentFrequencies) -> None:
+    def __init__(self, spec: ModelSpec, dense: Embedder, frequencies: DocumentFrequencies,
+                 shared: SharedDocumentFrequencies | None = None) -> None:
         self.spec = spec
         self.dense = dense
         self.lexical = HashedLexicalEncoder(frequencies.dim)
         self.frequencies = frequencies
+        # With several replicas, queries use the IDF they all share; this replica's own still learns
+        # (it seeds the shared counts if those are ever absent).
+        self.shared = shared
 
     @property
     def dimension(self) -> int:
@@ -40,9 +45,11 @@ class HybridEmbedder:
         texts = self._texts(inputs)
         dense = await self.dense.embed(texts, input_type)
         if sum(len(text) for text in texts) > _INLINE_CHARS:
-            lexical = await asyncio.to_thread(self._lexical, texts, input_type)
+            lexical, slots = await asyncio.to_thread(self._lexical, texts, input_type)
         else:
-            lexical = self._lexical(texts, input_type)
+            lexical, slots = self._lexical(texts, input_type)
+        if input_type != "query" and self.shared is not None:
+            await self.shared.record(texts, slots)
         if input_type == "query":
             mix = np.array([[self._dense_share(text)] for text in texts], dtype=np.float32)
             vectors = np.hstack([mix * dense.vectors, (1 - mix) * lexical])
@@ -63,11 +70,11 @@ class HybridEmbedder:
         share = cjk_share(query)
         return (1 - share) * self.spec.query_dense_weight + share * self.spec.query_dense_weight_cjk
 
-    def _lexical(self, texts: list[str], input_type: InputType) -> np.ndarray:
+    def _lexical(self, texts: list[str], input_type: InputType) -> tuple[np.ndarray, list[dict[int, float]]]:
         slots = [self.lexical.slots(text) for text in texts]
         if input_type == "query":
-            idf = self.frequencies.idf()
-            return np.stack([self.lexical.vector(s, idf) for s in slots])
+            idf = (self.shared or self.frequencies).idf()
+            return np.stack([self.lexical.vector(s, idf) for s in slots]), slots
         for text, s in zip(texts, slots):
             self.frequencies.add(text, s)
-        return np.stack([self.lexical.vector(s) for s in slots])
+        return np.stack([self.lexical.vector(s) for s in slots]), slots

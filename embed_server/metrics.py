@@ -13,7 +13,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
+        """``shared``: the server uses Redis (its instruments exist only then, so an absent Redis is
+        never reported as a down one)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("embed_requests", "HTTP requests by route, status and client", ["route", "status", "client"], registry=r)
@@ -29,6 +31,15 @@ class Metrics:
         self.cache_bytes = Gauge("embed_cache_bytes", "Memory held by the embedding cache (vectors, texts, overhead)", registry=r)
         self.cache_entries = Gauge("embed_cache_entries", "Embeddings held by the embedding cache", registry=r)
         self.queue_rejections = Counter("embed_queue_rejections", "Requests refused because the queue was full", ["model"], registry=r)
+        self.cache_lookups = Counter("embed_cache_lookups", "Embedding cache lookups by layer (memory, redis) and "
+                                     "result (hit, miss, error)", ["model", "layer", "result"], registry=r)
+        if shared:
+            self.redis_up = Gauge("embed_redis_up", "1 while the shared Redis answers, 0 while it is left alone after a failure", registry=r)
+            self.redis_errors = Counter("embed_redis_errors", "Redis calls that failed or timed out", ["operation"], registry=r)
+            self.idf_generation = Gauge("embed_idf_generation", "Generation of the shared IDF snapshot this replica "
+                                        "answers queries with (replicas with equal values give equal vectors)", ["model"], registry=r)
+            self.idf_pending = Gauge("embed_idf_pending_documents", "Documents counted here but not yet in the "
+                                     "shared IDF (Redis was unreachable)", ["model"], registry=r)
 
     def batch_observer(self, model: str):
         def observe(stats: BatchStats) -> None:

@@ -16,7 +16,10 @@ from embed_server.embedder import Embedder
 from embed_server.errors import InvalidRequest, ModelNotFound, NotReady
 from embed_server.hybrid import HybridEmbedder
 from embed_server.metrics import Metrics
+from embed_server.redis_link import RedisLink
 from embed_server.reranker import CrossEncoderReranker, EmbeddingReranker
+from embed_server.shared_cache import SharedEmbeddingCache
+from embed_server.shared_idf import SharedDocumentFrequencies
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,16 @@ class ModelRegistry:
         self.ready = False
         # One cache for every model (its keys name the model), so its byte bound is the server's.
         self.cache = EmbeddingCache(settings.cache_size, settings.cache_bytes)
+        # Redis, when configured: what the replicas share (the query IDF, an embedding cache).
+        self.redis: RedisLink | None = None
+        self.shared_cache: SharedEmbeddingCache | None = None
+        if settings.redis_url is not None:
+            self.redis = RedisLink(settings.redis_url.get_secret_value(), metrics,
+                                   timeout=settings.redis_timeout_seconds, retry_seconds=settings.redis_retry_seconds)
+            if settings.redis_cache:
+                self.shared_cache = SharedEmbeddingCache(self.redis, metrics, settings.redis_prefix,
+                                                         settings.redis_cache_ttl_seconds)
+        self._shared_idfs: list[SharedDocumentFrequencies] = []
         metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         metrics.cache_entries.set_function(lambda: len(self.cache))
 
@@ -48,6 +61,8 @@ class ModelRegistry:
         """Load every model, then start its batcher. Failures are kept for /ready and /health."""
         try:
             loop = asyncio.get_running_loop()
+            if self.redis is not None:
+                self.redis.start()
             for spec in self.specs:
                 if spec.kind == "transformer":
                     backend = await loop.run_in_executor(self.executor, TransformerBackend, spec, self.settings.threads)
@@ -58,7 +73,7 @@ class ModelRegistry:
                     self._rerankers |= {name: reranker for name in spec.names}
             for spec in self.specs:
                 if spec.kind == "hybrid":
-                    self._add_hybrid(spec)
+                    await self._add_hybrid(spec)
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model loading failed", extra={"error": self.load_error})
@@ -85,18 +100,26 @@ class ModelRegistry:
         s = self.settings
         embedder = Embedder(
             spec, backend, self._batcher(spec, backend), self.cache, self.metrics,
-            truncate=s.truncate, token_ids=s.token_ids,
+            truncate=s.truncate, token_ids=s.token_ids, shared=self.shared_cache,
         )
         for name in spec.names:
             self._embedders[name] = embedder
 
-    def _add_hybrid(self, spec: ModelSpec) -> None:
+    async def _add_hybrid(self, spec: ModelSpec) -> None:
         dense = self._embedders[spec.dense]  # a transformer model: checked by the settings
         frequencies = DocumentFrequencies(
             spec.lexical_dim, self.settings.state_dir / f"document-frequencies-{_file_safe(spec.id)}.npz"
         )
         self._hybrids.append(frequencies)
-        embedder = HybridEmbedder(spec, dense, frequencies)
+        shared = None
+        if self.redis is not None:
+            shared = SharedDocumentFrequencies(
+                spec.id, frequencies, self.redis, self.metrics, prefix=self.settings.redis_prefix,
+                refresh_seconds=self.settings.idf_refresh_seconds,
+                snapshot_path=self.settings.state_dir / f"shared-idf-{_file_safe(spec.id)}.npz")
+            await shared.start()  # before serving: a restarted replica answers like the others at once
+            self._shared_idfs.append(shared)
+        embedder = HybridEmbedder(spec, dense, frequencies, shared)
         for name in spec.names:
             self._embedders[name] = embedder
 
@@ -131,6 +154,10 @@ class ModelRegistry:
         raise ModelNotFound(f"The model '{name}' does not exist. Served models: {', '.join(s.id for s in self.specs)}.", param="model")
 
     async def close(self) -> None:
+        for shared in self._shared_idfs:
+            await shared.close()
+        if self.redis is not None:
+            await self.redis.close()
         for frequencies in self._hybrids:
             frequencies.save_quietly()  # a full or read-only disk must not stop the shutdown
         for batcher in self._batchers:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.chat_stack import chat, chat_server, chat_stack, people  # noqa: F401 - session fixtures of the chat modules
+from tests.redis_server import RedisServer
 from tests.servers import REPO, embed_server
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -56,6 +57,16 @@ def server(log_dir: Path, models_file: Path) -> Iterator[str]:
     """The default server: a model, the same with query/document prefixes, a hybrid; 1 MB body limit."""
     with embed_server(log_dir, "default", EMBED_MODELS_FILE=str(models_file), EMBED_MAX_REQUEST_BYTES="1000000") as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (loopback, a free port, a temporary folder), with a password."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), password="redis-test-password-0123").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

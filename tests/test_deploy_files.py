@@ -74,10 +74,16 @@ def test_ports_and_probes_match_the_server() -> None:
     assert k8s("Service", "embeddings")["spec"]["ports"][0]["port"] == SETTINGS.port
 
 
-def test_embeddings_run_as_two_replicas_with_resources() -> None:
+def test_embeddings_scale_on_cpu_from_two_replicas_with_resources() -> None:
     deployment = k8s("StatefulSet", "embeddings")
-    assert deployment["spec"]["replicas"] >= 2
-    assert container(deployment)["resources"]["requests"]
+    hpa = k8s("HorizontalPodAutoscaler", "embeddings")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "embeddings"}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    assert "replicas" not in deployment["spec"]  # the HPA's to set: an apply must not reset it
+    assert container(deployment)["resources"]["requests"]["cpu"]  # utilization is a share of the request
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
@@ -98,7 +104,8 @@ def test_image_versions_match_the_pinned_ones() -> None:
 
 
 def test_every_data_directory_is_a_volume() -> None:
-    assert set(COMPOSE["volumes"]) == {"embed-state", "chroma-data", "open-webui-data"}
+    assert set(COMPOSE["volumes"]) == {"embed-state", "chroma-data", "open-webui-data", "redis-data"}
+    assert "redis-data:/data" in COMPOSE["services"]["redis"]["volumes"]
     assert "embed-state:/data/state" in COMPOSE["services"]["embeddings"]["volumes"]
     assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_STATE_DIR"] == "/data/state"
 
@@ -174,3 +181,58 @@ def test_every_deployment_serves_beyond_loopback_only_with_keys_from_a_secret(tm
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "EMBED_HOST=0.0.0.0" in dockerfile and not re.search(r"EMBED_API_KEYS\S*=", dockerfile)  # no key baked in
     assert "EMBED_API_KEYS" in load_settings(host="0.0.0.0").exposure_problem()
+
+
+REDIS_K8S = [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / "optional" / "redis.yaml").read_text()) if doc]
+
+
+def redis_k8s(kind: str, name: str) -> dict:
+    return next(d for d in REDIS_K8S if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def _redis_server_accepts(args: list[str], tmp_path: Path) -> None:
+    """Start the real redis-server with a deploy file's arguments (port and folder made local)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.command += args  # later arguments win: the deploy file's settings over the test's
+    server.command += ["--port", str(server.port), "--dir", str(tmp_path), "--bind", "127.0.0.1"]
+    server.password = args[args.index("--requirepass") + 1]
+    server.start()
+    try:
+        with server.client() as client:
+            config = client.config_get("*")
+        assert config["maxmemory-policy"] == "volatile-lru" and config["appendonly"] == "yes"
+        assert config["appendfsync"] == "everysec"  # the deploy file's, not the test server's "always"
+        assert int(config["maxmemory"]) > 0
+    finally:
+        server.stop()
+
+
+def test_compose_redis_is_an_optional_profile_wired_to_the_embeddings(tmp_path: Path) -> None:
+    redis = COMPOSE["services"]["redis"]
+    assert redis["profiles"] == ["redis"] and "ports" not in redis  # only on the compose network
+    assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_REDIS_URL"] == "${EMBED_REDIS_URL:-}"
+    # Without the profile the URL is empty, and empty means no Redis.
+    assert load_settings(redis_url="").redis_url is None
+    command = redis["command"][-1].replace("$$", "$")
+    args = command.split("exec redis-server ", 1)[1].split()
+    _redis_server_accepts([arg.replace('"$REDIS_PASSWORD"', "compose-password") for arg in args], tmp_path)
+
+
+def test_k8s_redis_is_optional_private_and_what_the_secret_names(tmp_path: Path) -> None:
+    env = {e["name"]: e for e in container(k8s("StatefulSet", "embeddings"))["env"]}
+    reference = env["EMBED_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "openwebui-backend", "key": "redis-url", "optional": True}
+    secret_example = (DEPLOY / "k8s" / "secret.example.yaml").read_text()
+    assert "redis-url: redis://:change-me-redis-password@redis:6379/0" in secret_example
+    service = redis_k8s("Service", "redis")
+    assert service["spec"]["ports"][0]["port"] == 6379
+    policy = redis_k8s("NetworkPolicy", "redis-only-from-embeddings")
+    pods = k8s("StatefulSet", "embeddings")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= pods.items()
+    redis = container(redis_k8s("Deployment", "redis"))
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "openwebui-backend", "key": "redis-password"}
+    assert redis["volumeMounts"][0]["mountPath"] == "/data"
+    assert redis_k8s("PersistentVolumeClaim", "redis-data")
+    _redis_server_accepts([arg.replace("$(REDIS_PASSWORD)", "k8s-password") for arg in redis["args"]], tmp_path)

@@ -48,3 +48,19 @@ def test_duplicate_model_names_are_refused(tmp_path: Path) -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_redis_is_off_unless_a_url_is_given_and_its_password_stays_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().redis_url is None
+    monkeypatch.setenv("EMBED_REDIS_URL", "")  # what compose passes when no Redis is wanted
+    assert load_settings().redis_url is None
+    monkeypatch.setenv("EMBED_REDIS_URL", "redis://:pa55word@redis:6379/0")
+    settings = load_settings()
+    assert settings.redis_url.get_secret_value() == "redis://:pa55word@redis:6379/0"
+    assert "pa55word" not in repr(settings)
+    with pytest.raises(SettingsError) as refused:
+        load_settings(idf_refresh_seconds=0)
+    assert "idf_refresh_seconds" in str(refused.value) and "pa55word" not in str(refused.value)
+    with pytest.raises(SettingsError, match="redis_url: .*redis://") as refused:
+        load_settings(redis_url="http://:pa55word@redis:6379")
+    assert "pa55word" not in str(refused.value)

@@ -98,6 +98,20 @@ class HashedLexicalEncoder:
         return vector
 
 
+def document_digest(text: str) -> bytes:
+    """What a document is known by when counting each one once (never the text itself)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+
+
+def bm25_idf(counts: np.ndarray, documents: int) -> np.ndarray:
+    """BM25's IDF per slot from document counts; all ones before any document. A pure function of
+    its inputs, so equal counts give bit-equal query vectors in every process."""
+    if documents == 0:
+        return np.ones(len(counts), dtype=np.float32)
+    df = counts.astype(np.float64)
+    return np.log1p((documents - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
 class CorruptState(ValueError):
     """A document-frequency file that does not parse or does not hold what it should."""
 
@@ -126,7 +140,7 @@ class DocumentFrequencies:
             self._load(path)
 
     def add(self, text: str, slots: dict[int, float]) -> None:
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+        digest = document_digest(text)
         with self._lock:
             # Open WebUI embeds each Knowledge file twice: count a document once.
             if digest in self._seen:
@@ -142,10 +156,13 @@ class DocumentFrequencies:
     def idf(self) -> np.ndarray:
         """BM25's IDF per slot; all ones until documents have been seen."""
         with self._lock:
-            n, df = self.documents, self.counts.astype(np.float64)
-        if n == 0:
-            return np.ones(self.dim, dtype=np.float32)
-        return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+            n, df = self.documents, self.counts.copy()
+        return bm25_idf(df, n)
+
+    def state(self) -> tuple[np.ndarray, int, list[bytes]]:
+        """A consistent copy of the counts, the number of documents and their digests."""
+        with self._lock:
+            return self.counts.copy(), self.documents, list(self._seen)
 
     def save(self) -> None:
         """Write the state atomically. Raises StateFileError when the disk refuses."""
