@@ -4,6 +4,7 @@ vectors, retrieval through Open WebUI finds the right file, and a restart of eve
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ import pytest
 from config import Settings, load_settings
 from tests.conftest import ARTIFACTS, MODEL
 from tests.servers import EVAL, free_port
+from vector_bridge.cli import main
 from vector_bridge.openwebui import OpenWebUIClient
 from vector_bridge.openwebui_env import openwebui_environment
 from vector_bridge.postgres import pgvector_url, postgres_service
@@ -126,6 +128,28 @@ def test_uploads_land_in_document_chunk_with_our_vectors(settings: Settings, upl
 @pytest.mark.parametrize("question", list(QUESTIONS))
 def test_retrieval_through_open_webui_finds_the_right_file(uploaded: dict, question: str) -> None:
     assert ask(uploaded, question)[0] == QUESTIONS[question]
+
+
+def test_search_backup_and_doctor_read_the_pgvector_store(settings: Settings, uploaded: dict, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    token = uploaded["webui"].http.headers["Authorization"].removeprefix("Bearer ")
+    for name, value in {"EMBED_STORE": "pgvector", "EMBED_STATE_DIR": str(settings.state_dir),
+                        "EMBED_POSTGRES_PORT": str(settings.postgres_port), "EMBED_PORT": str(settings.port),
+                        "OPENWEBUI_URL": settings.openwebui_url, "OPENWEBUI_API_KEY": token}.items():
+        monkeypatch.setenv(name, value)
+    for question, name in QUESTIONS.items():
+        assert main(["search", question, "--knowledge", "Team documents", "-k", "3", "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["model"] == MODEL and answer["hits"][0]["metadata"]["name"] == name
+    backup = tmp_path / "store.jsonl.gz"
+    assert main(["backup", str(backup), "--json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    with psycopg.connect(pgvector_url(settings)) as connection:
+        stored = connection.execute("SELECT count(DISTINCT collection_name), count(*) FROM document_chunk").fetchone()
+    assert (saved["collections"], saved["chunks"]) == stored
+    assert main(["restore", str(backup), "--json"]) == 2  # not on pgvector yet: refused, nothing written
+    assert "Chroma store only" in capsys.readouterr().err
 
 
 def test_a_restart_of_everything_keeps_every_chunk(settings: Settings, services: list[Service], uploaded: dict) -> None:

@@ -163,3 +163,129 @@ def vector_literal(vector: np.ndarray, dimension: int) -> str:
 
 def parse_vector(text: str) -> np.ndarray:
     return np.array(text.strip("[]").split(","), dtype=np.float32) if text else np.zeros(0, dtype=np.float32)
+
+
+class NotOnPgvector(PgvectorError):
+    """A write the tools make on Chroma (renames, re-embedding in place, restore) that pgvector lacks so far."""
+
+
+class PgvectorClient:
+    """The part of chromadb's client API that search, the chat server, doctor and backup read with, over
+    Open WebUI's pgvector table: each ``collection_name`` is a collection. Writes raise NotOnPgvector."""
+
+    def __init__(self, url: str) -> None:
+        self.store = PgvectorStore(url)
+        self._table = self.store.table()
+        self._scan_on()
+
+    def _scan_on(self) -> None:
+        """With a collection filter, HNSW alone may find fewer than k rows (it filters after its ef_search
+        candidates); pgvector 0.8's iterative scan keeps looking, as Open WebUI's PGVECTOR_ITERATIVE_SCAN does.
+        Older pgvector lacks the setting: the query then finds what the index gives."""
+        import psycopg
+
+        try:
+            self.store._db.execute("SET hnsw.iterative_scan = relaxed_order")
+            self.store._db.commit()
+        except psycopg.Error:
+            self.store._db.rollback()
+
+    def heartbeat(self) -> int:
+        return 0
+
+    def get_version(self) -> str:
+        row = self.store._db.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        self.store._db.commit()
+        return f"pgvector {row[0] if row else 'absent'}"
+
+    @property
+    def table(self) -> Table | None:
+        return self._table
+
+    def list_collections(self) -> list[PgvectorCollection]:
+        if self._table is None:
+            return []
+        return [PgvectorCollection(self, name) for name in sorted(self.store.collections())]
+
+    def get_collection(self, name: str) -> PgvectorCollection:
+        if self._table is None or not self._count(name):
+            # Open WebUI has no empty collections on pgvector: a name with no rows does not exist.
+            raise ValueError(f"Collection {name} does not exist.")
+        return PgvectorCollection(self, name)
+
+    def _count(self, name: str) -> int:
+        row = self.store._db.execute(f"SELECT count(*) FROM {TABLE} WHERE collection_name = %s", (name,)).fetchone()
+        self.store._db.commit()
+        return int(row[0])
+
+    def __getattr__(self, operation: str) -> Any:
+        if operation in ("create_collection", "get_or_create_collection", "delete_collection"):
+            raise NotOnPgvector(f"{operation} is not available on pgvector yet")
+        raise AttributeError(operation)
+
+
+class PgvectorCollection:
+    def __init__(self, client: PgvectorClient, name: str) -> None:
+        self._client = client
+        self._db = client.store._db
+        self.name = name
+        self.id = name
+        self.metadata: dict[str, Any] | None = None
+
+    def count(self) -> int:
+        return self._client._count(self.name)
+
+    def get(self, ids: list[str] | None = None, limit: int | None = None, offset: int | None = None,
+            include: list[str] | None = None, **unsupported: Any) -> dict[str, Any]:
+        if unsupported:
+            raise NotOnPgvector(f"filters ({', '.join(unsupported)}) are not available on pgvector yet")
+        include = ["documents", "metadatas"] if include is None else include
+        query = f"SELECT id, text, vmetadata, vector::text FROM {TABLE} WHERE collection_name = %s"
+        arguments: list[Any] = [self.name]
+        if ids is not None:
+            query += " AND id = ANY(%s)"
+            arguments.append(list(ids))
+        query += " ORDER BY id"
+        if limit is not None:
+            query += " LIMIT %s"
+            arguments.append(limit)
+        if offset:
+            query += " OFFSET %s"
+            arguments.append(offset)
+        rows = self._db.execute(query, arguments).fetchall()
+        self._db.commit()
+        return {"ids": [row[0] for row in rows],
+                "documents": [row[1] for row in rows] if "documents" in include else None,
+                "metadatas": [row[2] or {} for row in rows] if "metadatas" in include else None,
+                "embeddings": np.stack([parse_vector(row[3]) for row in rows]) if "embeddings" in include and rows
+                else ([] if "embeddings" in include else None)}
+
+    def peek(self, limit: int = 10) -> dict[str, Any]:
+        return self.get(limit=limit, include=["documents", "metadatas", "embeddings"])
+
+    def query(self, query_embeddings: list[Any], n_results: int = 10, include: list[str] | None = None,
+              **unsupported: Any) -> dict[str, Any]:
+        """Nearest chunks by cosine distance, as Open WebUI's own pgvector search orders them."""
+        if unsupported:
+            raise NotOnPgvector(f"filters ({', '.join(unsupported)}) are not available on pgvector yet")
+        table = self._client.table
+        assert table is not None
+        kind = "halfvec" if table.halfvec else "vector"
+        answer: dict[str, list[Any]] = {"ids": [], "documents": [], "metadatas": [], "distances": []}
+        for vector in query_embeddings:
+            rows = self._db.execute(
+                f"SELECT id, text, vmetadata, vector <=> %s::{kind} AS distance FROM {TABLE} "
+                "WHERE collection_name = %s ORDER BY distance LIMIT %s",
+                (vector_literal(np.asarray(vector), table.dimension), self.name, n_results)).fetchall()
+            self._db.commit()
+            rows.sort(key=lambda row: row[3])  # relaxed_order may return near-ties out of order
+            answer["ids"].append([row[0] for row in rows])
+            answer["documents"].append([row[1] for row in rows])
+            answer["metadatas"].append([row[2] or {} for row in rows])
+            answer["distances"].append([float(row[3]) for row in rows])
+        return answer
+
+    def __getattr__(self, operation: str) -> Any:
+        if operation in ("add", "upsert", "update", "delete", "modify"):
+            raise NotOnPgvector(f"{operation} on a collection is not available on pgvector yet")
+        raise AttributeError(operation)

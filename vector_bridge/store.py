@@ -27,7 +27,13 @@ class StoreError(RuntimeError):
 
 
 def connect(settings: Settings) -> ClientAPI:
-    """A client for the Chroma server Open WebUI uses: through the token proxy when a token is set."""
+    """A client for the store Open WebUI uses: the Chroma server (through the token proxy when a token is set),
+    or on pgvector a client with the same reading API over Open WebUI's table."""
+    if settings.store == "pgvector":
+        from vector_bridge.pgvector_store import PgvectorClient
+        from vector_bridge.postgres import pgvector_url
+
+        return PgvectorClient(pgvector_url(settings))  # type: ignore[return-value]
     headers = {"Authorization": f"Bearer {settings.chroma_token.get_secret_value()}"} if settings.chroma_token else None
     try:
         client = chromadb.HttpClient(
