@@ -22,7 +22,7 @@ import pytest
 
 from config import Settings, load_settings
 from tests.servers import REPO, free_port
-from vector_bridge.pgvector_store import PgvectorStore
+from vector_bridge.pgvector_store import PgvectorStore, vector_literal
 from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.stack import chroma_service
 
@@ -126,6 +126,32 @@ def test_every_collection_arrives_unchanged_and_later_runs_catch_up(stores: chro
         indexes = [row[0] for row in connection.execute(
             "SELECT indexdef FROM pg_indexes WHERE tablename = 'document_chunk'").fetchall()]
     assert any("hnsw" in index and "vector_cosine_ops" in index for index in indexes)
+
+
+def test_after_the_switch_what_open_webui_wrote_in_pgvector_is_never_undone(stores: chromadb.ClientAPI,
+                                                                            settings: Settings) -> None:
+    fill(stores, "kb-switch", 50, 21)
+    metadata = {"name": "nul\x00.md", "embedding_config": CONFIG}  # PostgreSQL holds no NUL: dropped, as Open WebUI does
+    stores.get_collection("kb-switch").add(ids=["with-nul"], documents=["a\x00b"], metadatas=[metadata],
+                                           embeddings=np.eye(DIM, dtype=np.float32)[1:2])
+    move(settings)
+    # A vector changed alone (re-embedded with the same model and metadata) still counts as a change.
+    stores.get_collection("kb-switch").update(ids=["kb-switch-1"], embeddings=np.eye(DIM, dtype=np.float32)[2:3])
+    assert {c["collection"]: c["written"] for c in move(settings)["collections"]}["kb-switch"] == 1
+    # Open WebUI now runs on pgvector: a new upload there, and an owner removing a file there.
+    with PgvectorStore(pgvector_url(settings)) as target, psycopg.connect(pgvector_url(settings)) as connection:
+        table = target.table()
+        connection.execute("INSERT INTO document_chunk (id, vector, collection_name, text, vmetadata) "
+                           "VALUES ('after-switch', %s, 'kb-switch', 'new upload', '{}')",
+                           (vector_literal(np.eye(DIM, dtype=np.float32)[3], table.dimension),))
+        connection.execute("DELETE FROM document_chunk WHERE id = 'kb-switch-2'")
+        connection.execute("UPDATE document_chunk SET text = 'edited in pgvector' WHERE id = 'kb-switch-3'")
+    report = {c["collection"]: c for c in move(settings)["collections"]}["kb-switch"]
+    assert (report["written"], report["removed"], report["kept"]) == (0, 0, 3)
+    with PgvectorStore(pgvector_url(settings)) as target:
+        rows = {chunk.id: chunk for chunk in target.read("kb-switch")}
+    assert "after-switch" in rows and "kb-switch-2" not in rows and rows["kb-switch-3"].text == "edited in pgvector"
+    assert rows["with-nul"].text == "ab" and rows["with-nul"].metadata["name"] == "nul.md"
 
 
 def test_a_run_killed_midway_is_finished_by_the_next(stores: chromadb.ClientAPI, settings: Settings) -> None:

@@ -363,6 +363,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _move_store(args: argparse.Namespace, settings: Settings) -> int:
+    import psycopg
+
     from vector_bridge.pgvector_store import PgvectorStore
     from vector_bridge.postgres import pgvector_url
     from vector_bridge.store_move import move_to_pgvector, vector_length
@@ -380,18 +382,24 @@ def _move_store(args: argparse.Namespace, settings: Settings) -> int:
     except StoreError as error:
         print(f"vector-bridge: {error}", file=sys.stderr)
         return 1
+    except psycopg.Error as error:  # its primary message names the problem, never the connection's password
+        print(f"vector-bridge: PostgreSQL refused: {error.diag.message_primary or type(error).__name__}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     for done in report.collections:
         print(f"{done.collection}: {done.chunks} chunks ({done.written} written, {done.removed} removed, "
-              f"{done.verified} compared whole) in {done.seconds:.1f} s")
+              f"{done.verified} compared whole"
+              f"{f', {done.kept} left as Open WebUI wrote them in pgvector' if done.kept else ''}) in {done.seconds:.1f} s")
     if report.skipped:
         print(f"not copied (migrate's own shadows and kept old vectors): {', '.join(report.skipped)}")
     print(f"Every collection is in pgvector ({report.dimension} dimensions). To switch Open WebUI: stop it, run "
           "this command once more (it brings over what was written meanwhile), then start Open WebUI with "
-          f"VECTOR_DB=pgvector, PGVECTOR_DB_URL (your URL) and PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH="
-          f"{report.dimension}{' and PGVECTOR_USE_HALFVEC=true' if report.dimension > 2000 else ''} "
+          f"VECTOR_DB=pgvector, PGVECTOR_DB_URL (your URL), PGVECTOR_INDEX_METHOD=hnsw (the index the move built) "
+          f"and PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH={report.dimension}"
+          f"{' and PGVECTOR_USE_HALFVEC=true' if report.dimension > 2000 else ''} "
           "(`vector-bridge openwebui-env --store pgvector` prints them for the built-in store).")
     return 0
 

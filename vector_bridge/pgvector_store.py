@@ -19,6 +19,9 @@ import numpy as np
 from vector_bridge.store import StoreError
 
 TABLE = "document_chunk"
+# What `migrate --to-store` wrote (id, fingerprint), beside Open WebUI's table: a later run changes or deletes
+# only rows still as it wrote them, so once Open WebUI runs on pgvector nothing of its own is undone.
+MOVES = "vector_bridge_moved_chunk"
 # The names Open WebUI gives its indexes: it creates them only where they do not exist yet.
 VECTOR_INDEX = "idx_document_chunk_vector"
 COLLECTION_INDEX = "idx_document_chunk_collection_name"
@@ -86,6 +89,11 @@ class PgvectorStore:
             self._db.execute(f"CREATE INDEX IF NOT EXISTS {COLLECTION_INDEX} ON {TABLE} (collection_name)")
         return Table(dimension, halfvec)
 
+    def prepare_moves(self) -> None:
+        with self._db.transaction():
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {MOVES} (id text PRIMARY KEY, collection_name text NOT NULL, "
+                             "fingerprint text NOT NULL)")
+
     def create_vector_index(self, table: Table) -> None:
         """HNSW with Open WebUI's name and defaults (m 16, ef_construction 64): built once after a bulk copy,
         which is faster than growing it row by row."""
@@ -100,10 +108,25 @@ class PgvectorStore:
         return dict(rows)
 
     def fingerprints(self, collection: str) -> dict[str, str]:
-        rows = self._db.execute(f"SELECT id, text, vmetadata FROM {TABLE} WHERE collection_name = %s",
+        """Each chunk's fingerprint, read through a server-side cursor: memory holds ids and hashes only."""
+        found: dict[str, str] = {}
+        with self._db.transaction(), self._db.cursor(name="fingerprints") as cursor:
+            cursor.itersize = 1000
+            cursor.execute(f"SELECT id, text, vmetadata, vector::text FROM {TABLE} WHERE collection_name = %s",
+                           (collection,))
+            for chunk_id, text, metadata, vector in cursor:
+                found[chunk_id] = chunk_fingerprint(text, metadata, parse_vector(vector))
+        return found
+
+    def written(self, collection: str) -> dict[str, str]:
+        """What earlier moves wrote into this collection: id -> the fingerprint written."""
+        if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
+            self._db.commit()
+            return {}
+        rows = self._db.execute(f"SELECT id, fingerprint FROM {MOVES} WHERE collection_name = %s",
                                 (collection,)).fetchall()
         self._db.commit()
-        return {chunk_id: chunk_fingerprint(text, metadata) for chunk_id, text, metadata in rows}
+        return dict(rows)
 
     def write(self, collection: str, chunks: list[Chunk], table: Table) -> None:
         """Insert or replace ``chunks`` in one transaction: all of them or none."""
@@ -123,10 +146,18 @@ class PgvectorStore:
                     "vmetadata = EXCLUDED.vmetadata",
                     [(chunk.id, vector_literal(chunk.vector, table.dimension), collection, chunk.text,
                       Jsonb(chunk.metadata)) for chunk in chunks])
+                # The record of what was written commits with the rows themselves.
+                cursor.executemany(
+                    f"INSERT INTO {MOVES} (id, collection_name, fingerprint) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET collection_name = EXCLUDED.collection_name, "
+                    "fingerprint = EXCLUDED.fingerprint",
+                    [(chunk.id, collection, chunk_fingerprint(chunk.text, chunk.metadata, as_stored(chunk.vector, table)))
+                     for chunk in chunks])
 
     def delete(self, collection: str, ids: list[str]) -> None:
         with self._db.transaction():
             self._db.execute(f"DELETE FROM {TABLE} WHERE collection_name = %s AND id = ANY(%s)", (collection, ids))
+            self._db.execute(f"DELETE FROM {MOVES} WHERE collection_name = %s AND id = ANY(%s)", (collection, ids))
 
     def read(self, collection: str, ids: list[str] | None = None) -> Iterator[Chunk]:
         query = f"SELECT id, text, vector::text, vmetadata FROM {TABLE} WHERE collection_name = %s"
@@ -139,17 +170,33 @@ class PgvectorStore:
             yield Chunk(chunk_id, text or "", parse_vector(vector), metadata or {})
 
 
-def chunk_fingerprint(text: str | None, metadata: dict[str, Any] | None) -> str:
-    """Text and the whole metadata (the model included: a re-embedded chunk has new vectors)."""
+def chunk_fingerprint(text: str | None, metadata: dict[str, Any] | None, vector: np.ndarray) -> str:
+    """Text, the whole metadata and the vector's float32 values (trailing padding aside): a chunk re-embedded
+    with the same model and metadata (a changed prefix, say) still counts as changed."""
     import hashlib
 
+    values = np.asarray(vector, dtype=np.float32)
+    nonzero = np.flatnonzero(values)
+    values = values[: nonzero[-1] + 1] if len(nonzero) else values[:0]
     blob = json.dumps([without_nul(text or ""), metadata or {}], sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(blob.encode() + values.tobytes()).hexdigest()
 
 
-def without_nul(text: str) -> str:
-    """PostgreSQL text cannot hold NUL characters; Open WebUI drops them too."""
-    return text.replace("\x00", "")
+def as_stored(vector: np.ndarray, table: Table) -> np.ndarray:
+    """The values pgvector will hold: halfvec keeps half precision."""
+    values = np.asarray(vector, dtype=np.float32)
+    return values.astype(np.float16).astype(np.float32) if table.halfvec else values
+
+
+def without_nul(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL characters; Open WebUI drops them too."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    return value
 
 
 def vector_literal(vector: np.ndarray, dimension: int) -> str:
