@@ -103,3 +103,18 @@ def test_up_starts_supervises_and_stops_the_stack(tmp_path: Path) -> None:
     finally:
         if stack.poll() is None:
             stack.kill()
+
+
+def test_a_stored_secret_is_made_once_and_never_replaced(tmp_path: Path) -> None:
+    from vector_bridge.stack import stored_secret
+
+    path = tmp_path / "state" / "service.key"
+    first = stored_secret(path)
+    assert stored_secret(path) == first and path.stat().st_mode & 0o777 == 0o600
+    path.write_text("")  # what a write killed long ago may have left
+    assert stored_secret(path) != first
+    unreadable = tmp_path / "unreadable.key"
+    unreadable.mkdir()  # a secret that cannot be read is an error, not a reason to make another
+    with pytest.raises(OSError):
+        stored_secret(unreadable)
+    assert unreadable.is_dir() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -21,7 +21,6 @@ import httpx
 
 from config import Settings
 from config.settings import is_loopback
-from embed_server.state_file import write_atomic
 from vector_bridge.openwebui_env import StoreDoesNotFit, openwebui_environment
 from vector_bridge.store import connect, widen_hnsw_search
 
@@ -167,12 +166,28 @@ def pipelines_key(settings: Settings) -> str:
 
 def stored_secret(path: Path) -> str:
     """A secret generated on first use and kept in ``path``: owner-only from its first byte (a chmod after
-    writing leaves a window), and whole or absent (written aside, then renamed), since an empty secret from a
-    killed write would keep the service that reads it from ever starting."""
-    with suppress(OSError):
+    writing leaves a window), and whole or absent (written aside, then linked into place, so of two racing
+    processes one wins and both read its secret), since an empty secret from a killed write would keep the
+    service that reads it from ever starting. A secret that cannot be read is an error, never replaced."""
+    try:
         if existing := path.read_text().strip():
             return existing
-    write_atomic(path, secrets.token_urlsafe(32).encode())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+            file.flush()
+            os.fsync(file.fileno())
+        if path.exists() and not path.read_text().strip():
+            path.unlink()  # an empty file a killed older write left
+        with suppress(FileExistsError):
+            os.link(partial, path)  # never replaces: a secret another process stored first wins
+    finally:
+        partial.unlink(missing_ok=True)
     return path.read_text().strip()
 
 
