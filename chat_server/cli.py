@@ -15,8 +15,10 @@ from fastapi import FastAPI
 
 from chat_server.app import create_app
 from chat_server.pipelines.app import create_pipelines_app
+from chat_server.pipelines.knowledge import PipelineError
 from config import Settings, SettingsError, load_settings
 from embed_server.logs import configure_logging
+from vector_bridge.access import KnowledgeAccess
 
 
 class _Companion(uvicorn.Server):
@@ -41,8 +43,13 @@ def servers(settings: Settings) -> list[uvicorn.Server]:
 def pipelines_app(settings: Settings, chat: FastAPI) -> FastAPI:
     """The Pipelines server over the chat server's own answering path, access checks and metrics."""
     state = chat.state
-    return create_pipelines_app(settings, state.answering, lambda: state.knowledge_access, state.metrics,
-                                state.failed_attempts)
+
+    def access() -> KnowledgeAccess:
+        if not hasattr(state, "knowledge_access"):  # made when the chat server starts: a moment after we do
+            raise PipelineError("The server is starting; try again in a moment.", 503)
+        return state.knowledge_access
+
+    return create_pipelines_app(settings, state.answering, access, state.metrics, state.failed_attempts)
 
 
 async def serve(running: list[uvicorn.Server]) -> None:

@@ -43,12 +43,15 @@ def chat_through_open_webui(stack: Stack, user: dict, model: str, question: str)
 
 def test_every_route_needs_the_key_and_speaks_the_protocol(chat_server: ChatServer, people: People) -> None:
     for key in (None, "made-up", chat_server.pipelines_key.upper()):
-        refused = protocol(chat_server, "GET", "/models", key=key)
-        assert refused.status_code == 401 and chat_server.pipelines_key not in refused.text
+        for method, path in (("GET", "/models"), ("POST", f"/{FILTER}/filter/inlet"), ("POST", f"/{FILTER}/valves/update"),
+                             ("POST", "/v1/chat/completions"), ("GET", f"/{FILTER}/valves")):
+            refused = protocol(chat_server, method, path, key=key, **({"json": {}} if method == "POST" else {}))
+            assert refused.status_code == 401 and chat_server.pipelines_key not in refused.text, path
     models = protocol(chat_server, "GET", "/v1/models").json()
     assert models["pipelines"] is True
     by_id = {model["id"]: model for model in models["data"]}
-    assert by_id[FILTER]["pipeline"] == {"type": "filter", "valves": True, "pipelines": ["*"], "priority": 0}
+    # Until an admin names models, the filter runs on none: private Knowledge never goes to a model unasked.
+    assert by_id[FILTER]["pipeline"] == {"type": "filter", "valves": True, "pipelines": [], "priority": 0}
     assert by_id[PIPE]["pipeline"]["type"] == "pipe" and "pipeline" not in by_id[PLAIN]
     assert {p["id"] for p in protocol(chat_server, "GET", "/pipelines").json()["data"]} == {FILTER, PIPE}
     assert "built in" in protocol(chat_server, "POST", "/pipelines/add", json={"url": "x"}).json()["detail"]
@@ -90,7 +93,7 @@ def test_open_webui_runs_our_filter_and_pipe_for_each_user_as_they_may_read(chat
         assert spec["properties"]["top_k"]["default"] == 5
         valves = admin._call("GET", f"/api/v1/pipelines/{FILTER}/valves", params={"urlIdx": index})
         updated = admin._call("POST", f"/api/v1/pipelines/{FILTER}/valves/update", params={"urlIdx": index},
-                              json={**valves, "knowledge": [people.knowledge], "top_k": 3})
+                              json={**valves, "knowledge": [people.knowledge], "top_k": 3, "pipelines": [PLAIN]})
         assert updated["top_k"] == 3 and updated["knowledge"] == [people.knowledge]
         assert admin._call("GET", f"/api/v1/pipelines/{FILTER}/valves", params={"urlIdx": index})["top_k"] == 3
 
@@ -101,10 +104,10 @@ def test_open_webui_runs_our_filter_and_pipe_for_each_user_as_they_may_read(chat
         text, _ = chat_through_open_webui(chat_stack, people.alice, PLAIN, question)
         assert text.strip()
         [prompt] = [body for body in tap.bodies("/chat/completions") if body["model"] == PLAIN]
-        context = prompt["messages"][0]["content"]
-        assert prompt["messages"][0]["role"] == "system" and "[3]" in context and "[4]" not in context
-        assert any(name in context for name in relevant), context[:500]
-        assert prompt["messages"][-1]["content"] == question
+        asked = prompt["messages"][-1]["content"]  # the sources go before the user's own words, fenced
+        assert prompt["messages"][-1]["role"] == "user" and asked.endswith(question)
+        assert "<sources>" in asked and "[1]" in asked and "[4]" not in asked  # top_k 3, min_score 0.3
+        assert any(name in asked for name in relevant), asked[:500]
 
         # Bob asks the same: his prompt holds nothing of Alice's Knowledge.
         text, _ = chat_through_open_webui(chat_stack, people.bob, PLAIN, question)
@@ -118,8 +121,10 @@ def test_open_webui_runs_our_filter_and_pipe_for_each_user_as_they_may_read(chat
         assert text.strip() and {s["source"]["name"] for s in sources} & relevant
         [pipe_request] = [body for body in tap.bodies("/chat/completions") if body["model"] == PIPE]
         assert pipe_request["user"]["id"] == alice_id(people) and pipe_request["messages"][0]["role"] != "system"
-        _, events = chat_through_open_webui(chat_stack, people.bob, PIPE, question)
-        assert not [e for e in events if e.get("type") == "source"]
+        text, events = chat_through_open_webui(chat_stack, people.bob, PIPE, question)
+        assert text.strip() and not [e for e in events if e.get("type") == "source"]
+        bob_pipe = [body for body in tap.bodies("/chat/completions") if body["model"] == PIPE][-1]
+        assert bob_pipe["user"]["id"] == people.bob["client"].session_user()["id"]
         (ARTIFACTS / "pipelines-prompt.json").write_text(json.dumps(prompt, indent=1))
 
 

@@ -14,6 +14,7 @@ belongs to directly or through a parent group), failing closed: what it cannot t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -51,10 +52,12 @@ _MAX_PAGES = 1000
 
 
 class KnowledgeAccess:
-    def __init__(self, openwebui_url: str, *, ttl_seconds: float, timeout: float = 15) -> None:
-        self._http = httpx.AsyncClient(base_url=openwebui_url.rstrip("/"), timeout=timeout)
+    def __init__(self, openwebui_url: str, *, ttl_seconds: float, timeout: float = 15,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=openwebui_url.rstrip("/"), timeout=timeout, transport=transport)
         self._ttl = ttl_seconds
         self._answers: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -79,7 +82,12 @@ class KnowledgeAccess:
         cached = self._answers.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        answer = await ask(token)
+        # One question in flight per key: a burst of chats when the answer expires asks Open WebUI once.
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(ask(token))
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        answer = await asyncio.shield(pending)
         if len(self._answers) >= _MAX_CACHED_CALLERS:
             self._answers = {k: value for k, value in self._answers.items() if value[0] > now}
         if self._ttl > 0 and len(self._answers) < _MAX_CACHED_CALLERS:

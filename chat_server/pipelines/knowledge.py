@@ -7,17 +7,19 @@ valves choose.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from chat_server.answering import Answering
-from chat_server.prompt import context_message
+from chat_server.prompt import reference_block
 from chat_server.retrieval import Source
 from chat_server.pipelines.valves import EVERY_KNOWLEDGE, PipeValves
 from chat_server.schemas import ChatMessage
 from embed_server.errors import APIError
 from vector_bridge.access import AccessError, CredentialRefused, KnowledgeAccess, KnowledgeBase, OpenWebUIUnavailable
 
+log = logging.getLogger(__name__)
 _USER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what Open WebUI issues (UUIDs); it goes into a URL path
 
 
@@ -83,11 +85,28 @@ class KnowledgePipelines:
                                             min_score=valves.min_score)
 
     async def inlet(self, body: dict[str, Any], user: dict[str, Any] | None, valves: PipeValves) -> dict[str, Any]:
-        """``body`` with the retrieved Knowledge as a system message before the conversation; unchanged when
-        nothing relevant is found, so a chat about something else goes on as if the filter were not there."""
+        """``body`` with the retrieved Knowledge put before the last user message; unchanged when nothing
+        scores ``min_score`` or more, so a chat about something else goes on as if the filter were not there.
+
+        A failure (Open WebUI, the store or the embeddings server unreachable; no admin key) leaves the chat
+        unchanged rather than failing it: the filter runs on every chat of the models it names, and a chat
+        without the Knowledge is what the user would have had without the filter. It is logged."""
         if is_task(body) or str(body.get("model", "")).startswith(ANSWERS_FROM_KNOWLEDGE):
             return body
-        sources = await self.sources(body, user, valves)
-        if not sources:
+        try:
+            sources = await self.sources(body, user, valves)
+        except APIError as error:
+            log.warning("Knowledge filter skipped a chat", extra={"reason": error.message,
+                                                                  "status": error.status_code})
             return body
-        return {**body, "messages": [context_message(sources), *(body.get("messages") or [])]}
+        messages = list(body.get("messages") or [])
+        last = next((i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], dict)
+                     and messages[i].get("role") == "user"), None)
+        if not sources or last is None:
+            return body
+        block, content = reference_block(sources), messages[last].get("content")
+        if isinstance(content, list):  # text and images as parts: the sources go first as a text part
+            messages[last] = {**messages[last], "content": [{"type": "text", "text": block}, *content]}
+        else:
+            messages[last] = {**messages[last], "content": f"{block}\n\n{content or ''}"}
+        return {**body, "messages": messages}

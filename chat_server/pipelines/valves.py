@@ -28,9 +28,13 @@ class PipeValves(BaseModel):
 
 
 class FilterValves(PipeValves):
-    pipelines: list[str] = Field(default=["*"], description="The models whose chats get Knowledge: model ids, "
-                                 "or '*' for all.")
+    # None by default: an admin names the models whose chats get Knowledge, so a private Knowledge base is
+    # never sent along to a hosted model nobody chose for it.
+    pipelines: list[str] = Field(default=[], description="The models whose chats get Knowledge: model ids, or "
+                                 "'*' for all (hosted ones included: their provider then reads the chunks).")
     priority: int = Field(default=0, description="Order among filters: lower runs first.")
+    min_score: float = Field(default=0.3, ge=-1, le=1, description="Least cosine similarity (under the Knowledge "
+                             "base's own embedding model) a chunk needs: below it, the chat goes on unchanged.")
 
 
 class ValvesInvalid(ValueError):
