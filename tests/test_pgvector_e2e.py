@@ -99,11 +99,14 @@ def ask(uploaded: dict, question: str) -> list[str]:
     return [metadata["name"] for metadata in result["metadatas"][0]]
 
 
-def test_the_environment_sizes_the_table_for_the_served_model(settings: Settings) -> None:
+def test_the_environment_sizes_the_table_for_the_served_model(settings: Settings, services: list[Service]) -> None:
     env = openwebui_environment(settings)
     assert env["VECTOR_DB"] == "pgvector" and env["PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH"] == "384"
     assert env["PGVECTOR_DB_URL"].startswith("postgresql://") and "CHROMA_HTTP_HOST" not in env
     assert (settings.state_dir / "postgres.password").stat().st_mode & 0o777 == 0o600
+    with psycopg.connect(env["PGVECTOR_DB_URL"]) as connection:  # Open WebUI's role: its database, no more
+        assert connection.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+                                  "WHERE rolname = current_user").fetchone() == (False, False, False)
 
 
 def test_uploads_land_in_document_chunk_with_our_vectors(settings: Settings, uploaded: dict) -> None:

@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -20,8 +21,11 @@ from config import Settings
 from config.settings import is_loopback
 from vector_bridge.stack import Service, stored_secret
 
-ROLE = "postgres"
-DATABASE = "postgres"
+SUPERUSER = "postgres"
+# Open WebUI and the tools connect as a role that owns one database and nothing else: a SQL injection in a
+# client then cannot reach the server's files or programs, as a superuser's could (COPY ... TO PROGRAM).
+ROLE = "openwebui"
+DATABASE = "openwebui"
 SYSTEM_USER = "vector-bridge-pg"  # only when started as root
 
 
@@ -33,11 +37,36 @@ def pgvector_url(settings: Settings) -> str:
     """The store's URL: the user's own, or the built-in server's (with its password)."""
     if settings.pgvector_url is not None:
         return settings.pgvector_url.get_secret_value()
-    return f"postgresql://{ROLE}:{_password(settings)}@{settings.postgres_host}:{settings.postgres_port}/{DATABASE}"
+    return _url(settings, ROLE, stored_secret(settings.state_dir / "postgres-openwebui.password"), DATABASE)
+
+
+def _superuser_url(settings: Settings) -> str:
+    return _url(settings, SUPERUSER, _password(settings), "postgres")
+
+
+def _url(settings: Settings, role: str, password: str, database: str) -> str:
+    return f"postgresql://{role}:{password}@{settings.postgres_host}:{settings.postgres_port}/{database}"
 
 
 def _password(settings: Settings) -> str:
     return stored_secret(settings.state_dir / "postgres.password")  # URL-safe characters only
+
+
+def ensure_database(settings: Settings) -> None:
+    """The role and database Open WebUI uses, with pgvector in it: made by the superuser on every start (each
+    step only when missing), so a start killed half way is finished by the next."""
+    import psycopg
+    from psycopg import sql
+
+    password = stored_secret(settings.state_dir / "postgres-openwebui.password")
+    with psycopg.connect(_superuser_url(settings), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.Identifier(ROLE), sql.Literal(password)))
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), sql.Identifier(ROLE)))
+    with psycopg.connect(_url(settings, SUPERUSER, _password(settings), DATABASE), autocommit=True) as admin:
+        admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
 def postgres_service(settings: Settings) -> Service:
@@ -52,7 +81,8 @@ def postgres_service(settings: Settings) -> Service:
     command = [str(programs / "bin" / "postgres"), "-D", str(data), "-p", str(settings.postgres_port),
                "-c", f"listen_addresses={settings.postgres_host}", "-c", "unix_socket_directories="]
     return Service("postgres", command, "", settings.log_dir / "postgres.log", user=user,
-                   ready_check=partial(accepts_connections, pgvector_url(settings)), ready_timeout=120)
+                   ready_check=partial(accepts_connections, _superuser_url(settings)), ready_timeout=120,
+                   on_ready=partial(ensure_database, settings), stop_signal=signal.SIGINT)
 
 
 def accepts_connections(url: str) -> bool:
@@ -111,7 +141,7 @@ def _initialise(programs: Path, data: Path, password: str, user: str | None) -> 
             shutil.chown(pending, user, user)
             shutil.chown(password_file, user, user)
         result = subprocess.run(
-            [str(programs / "bin" / "initdb"), "-D", str(pending), "-U", ROLE, "--encoding=UTF8",
+            [str(programs / "bin" / "initdb"), "-D", str(pending), "-U", SUPERUSER, "--encoding=UTF8",
              "--auth=scram-sha-256", f"--pwfile={password_file}"],
             capture_output=True, text=True, user=user, group=user, extra_groups=[] if user else None)
     finally:

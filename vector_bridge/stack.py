@@ -45,6 +45,7 @@ class Service:
     on_ready: Callable[[], None] | None = None  # after every start and restart, before anything else uses it
     ready_check: Callable[[], bool] | None = None  # instead of ready_url, for a service that does not speak HTTP
     user: str | None = None  # run as this system user (PostgreSQL refuses to run as root)
+    stop_signal: int = signal.SIGTERM  # PostgreSQL: SIGINT is its fast shutdown (SIGTERM waits for clients)
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +81,12 @@ class Service:
     def stop(self, timeout: float = 20) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
+        self.process.send_signal(self.stop_signal)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            with suppress(ProcessLookupError):  # its own session: its children (PostgreSQL's backends) go too
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
 
