@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,38 @@ def test_a_stored_secret_is_made_once_and_never_replaced(tmp_path: Path) -> None
     with pytest.raises(OSError):
         stored_secret(unreadable)
     assert unreadable.is_dir() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_up_on_pgvector_runs_postgres_and_points_the_chat_server_at_it() -> None:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="up-pgvector-"))
+    os.chmod(root, 0o711)  # run as root, PostgreSQL's unprivileged user passes through here
+    env = {"EMBED_PORT": str(free_port()), "EMBED_POSTGRES_PORT": str(free_port()), "EMBED_CHAT_PORT": str(free_port()),
+           "EMBED_PIPELINES_PORT": str(free_port()), "EMBED_POSTGRES_PATH": str(root / "postgres"),
+           "EMBED_STATE_DIR": str(root / "state"), "EMBED_LOG_DIR": str(root / "logs"), "HF_HUB_OFFLINE": "1"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EMBED_", "OPENWEBUI_"))}
+    stack = subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "up", "--store", "pgvector", "--with-chat"],
+                             env={**clean, **env}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [stack.stdout.readline() for _ in range(4)]
+        password = (root / "state" / "postgres-openwebui.password").read_text()
+        assert any("pgvector store    postgresql://openwebui:***@127.0.0.1" in line for line in lines), lines
+        assert not any(password in line for line in lines)
+        assert not any("Chroma" in line for line in lines) and not list(root.glob("**/chroma.sqlite3"))
+        chat_env = json.loads(run_cli("openwebui-env", "--store", "pgvector", "--json", **env).stdout)
+        assert chat_env["VECTOR_DB"] == "pgvector" and password in chat_env["PGVECTOR_DB_URL"]
+        # The chat server runs beside it, told where the store is (no Chroma to fall back on).
+        assert httpx.get(f"http://127.0.0.1:{env['EMBED_CHAT_PORT']}/ready", timeout=10).status_code == 200
+        chat = subprocess.run(["pgrep", "-f", f"chat_server.cli --host 127.0.0.1 --port {env['EMBED_CHAT_PORT']}"],
+                              capture_output=True, text=True).stdout.split()[0]
+        environment = Path(f"/proc/{chat}/environ").read_bytes().split(b"\0")
+        assert b"EMBED_STORE=pgvector" in environment
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=90) == 0
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+        subprocess.run(["pkill", "-f", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)

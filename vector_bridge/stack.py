@@ -201,6 +201,12 @@ def bridge_environment(settings: Settings) -> dict[str, str]:
         env["EMBED_CHROMA_TOKEN"] = settings.chroma_token.get_secret_value()
     if settings.openwebui_api_key is not None:
         env["OPENWEBUI_API_KEY"] = settings.openwebui_api_key.get_secret_value()
+    if settings.store == "pgvector":
+        # The built-in store's password is read from the state folder, so the servers need the same one.
+        env |= {"EMBED_STORE": "pgvector", "EMBED_STATE_DIR": str(settings.state_dir.resolve()),
+                "EMBED_POSTGRES_HOST": settings.postgres_host, "EMBED_POSTGRES_PORT": str(settings.postgres_port)}
+        if settings.pgvector_url is not None:
+            env["EMBED_PGVECTOR_URL"] = settings.pgvector_url.get_secret_value()
     return env
 
 
