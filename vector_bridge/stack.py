@@ -316,10 +316,11 @@ def store_services(settings: Settings) -> list[Service]:
 
 
 def redacted_url(url: str) -> str:
+    """The URL with its password, and any query (where libpq also takes one), masked."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return parts._replace(query="***" if parts.query else "").geturl()
 
 
 def run_stack(settings: Settings, *, config_file: str | None = None, with_openwebui: bool = False,

@@ -70,8 +70,8 @@ class ValveStore:
             return
         try:
             saved = json.loads(data)
-            for pipeline_id, values in saved.items():
-                if pipeline_id in self._models:
-                    self._values[pipeline_id] = self._models[pipeline_id].model_validate(values)
+            loaded = {pipeline_id: self._models[pipeline_id].model_validate(values)
+                      for pipeline_id, values in saved.items() if pipeline_id in self._models}
+            self._values |= loaded  # all of the file or none of it
         except (ValueError, ValidationError, AttributeError):
             set_aside(self._path, "pipeline valves unreadable: defaults in use")
