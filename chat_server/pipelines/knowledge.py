@@ -88,14 +88,16 @@ class KnowledgePipelines:
         """``body`` with the retrieved Knowledge put before the last user message; unchanged when nothing
         scores ``min_score`` or more, so a chat about something else goes on as if the filter were not there.
 
-        A failure (Open WebUI, the store or the embeddings server unreachable; no admin key) leaves the chat
-        unchanged rather than failing it: the filter runs on every chat of the models it names, and a chat
+        A failure of ours (Open WebUI, the store or the embeddings server unreachable; no admin key) leaves the
+        chat unchanged rather than failing it: the filter runs on every chat of the models it names, and a chat
         without the Knowledge is what the user would have had without the filter. It is logged."""
         if is_task(body) or str(body.get("model", "")).startswith(ANSWERS_FROM_KNOWLEDGE):
             return body
         try:
             sources = await self.sources(body, user, valves)
         except APIError as error:
+            if error.status_code < 500:
+                raise  # a request that is wrong in itself (no user, a malformed id) is refused
             log.warning("Knowledge filter skipped a chat", extra={"reason": error.message,
                                                                   "status": error.status_code})
             return body
