@@ -33,8 +33,10 @@ class Answer:
 
 class Answering:
     def __init__(self, store: Callable[[], ClientAPI], embeddings: EmbeddingsClient, generator: Generator, *,
-                 top_k: int, max_tokens: int) -> None:
+                 top_k: int, max_tokens: int, rerank: str | None = None, rerank_candidates: int = 20) -> None:
         self.store = store
+        self.rerank = rerank
+        self.rerank_candidates = rerank_candidates
         self.embeddings = embeddings
         self.generator = generator
         self.top_k = top_k
@@ -48,7 +50,8 @@ class Answering:
             return []
         try:
             found = await retrieve(self.store(), self.embeddings, bases, last_question(messages),
-                                   top_k or self.top_k, self.models)
+                                   top_k or self.top_k, self.models, rerank=self.rerank,
+                                   candidates=self.rerank_candidates)
         except (StoreError, EmbeddingsError) as error:
             raise UpstreamUnavailable(f"The store or the embeddings server could not be reached: {error}") from None
         return [source for source in found if min_score is None or source.score >= min_score]

@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.state.generator_status = "loading"
     app.state.failed_attempts = FailedAttempts(settings.auth_failure_limit)
     app.state.answering = Answering(_store_once(settings), EmbeddingsClient(settings, timeout=settings.chat_generator_timeout),
-                                    generator, top_k=settings.chat_top_k, max_tokens=settings.chat_max_tokens)
+                                    generator, top_k=settings.chat_top_k, max_tokens=settings.chat_max_tokens,
+                                    rerank=settings.chat_rerank_model, rerank_candidates=settings.chat_rerank_candidates)
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(health.router)

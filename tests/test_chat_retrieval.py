@@ -36,3 +36,42 @@ def test_a_collections_model_is_read_once_and_a_new_collection_under_the_name_is
     renewed = client.create_collection("knowledge-base")
     _chunks(renewed, "all-MiniLM-L6-v2-hybrid")
     assert models.model(client.get_collection("knowledge-base")) == "all-MiniLM-L6-v2-hybrid"
+
+
+def test_with_a_reranker_the_best_candidates_are_reordered_by_it(server: str) -> None:
+    """Against the real embeddings server: the fusion's top 8 candidates go to /v1/rerank (here MiniLM with
+    query/passage prefixes, which orders them otherwise than plain MiniLM did; a stateless scorer, so asking
+    it again gives the same scores), and the top 3 by its scores reach the prompt."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from chat_server.retrieval import retrieve
+    from config import load_settings
+    from tests.conftest import MODEL, PREFIXED
+    from vector_bridge.access import KnowledgeBase
+    from vector_bridge.embeddings import EmbeddingsClient
+
+    texts = [f"Maintenance note {i}: the pump was checked and the filter replaced." for i in range(6)] + [
+        "The XQ-17 valve must be closed before the XQ-17 pump is serviced.",
+        "Valves and pumps are serviced every spring by the plant team.",
+        "XQ-17 is the name of the cooling circuit's main valve."]
+    embeddings = EmbeddingsClient(load_settings(port=urlsplit(server).port))
+    client = chromadb.EphemeralClient(ChromaSettings(anonymized_telemetry=False, allow_reset=True))
+    client.reset()
+    collection = client.create_collection("plant-notes", metadata={"hnsw:space": "cosine"})
+    config = repr({"engine": "openai", "model": MODEL})
+    collection.add(ids=[f"c{i}" for i in range(len(texts))], documents=texts,
+                   embeddings=embeddings.embed(MODEL, texts, "document"),
+                   metadatas=[{"embedding_config": config, "name": f"note-{i}.md"} for i in range(len(texts))])
+    question = "How do I service the XQ-17 pump?"
+    base = KnowledgeBase("plant-notes", "Plant notes")
+    dense = asyncio.run(retrieve(client, embeddings, [base], question, 8, CollectionModels()))
+    reranked = asyncio.run(retrieve(client, embeddings, [base], question, 3, CollectionModels(), rerank=PREFIXED,
+                                    candidates=8))
+    scores = httpx.post(f"{server}/v1/rerank", json={"model": PREFIXED, "query": question, "top_n": 8,
+                                                     "documents": [s.text for s in dense]}, timeout=60).json()
+    expected = [dense[result["index"]].chunk_id for result in scores["results"][:3]]
+    assert [source.chunk_id for source in reranked] == expected
+    assert [source.chunk_id for source in reranked] != [source.chunk_id for source in dense[:3]]
