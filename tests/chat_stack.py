@@ -7,12 +7,14 @@ Registered as session fixtures in ``tests/conftest.py``, so the stack starts onc
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 
 from tests.servers import free_port
@@ -36,6 +38,24 @@ class People:
     bob: dict
     knowledge: str  # Alice's private Knowledge base
     questions: dict[str, set[str]]  # question -> the file names that answer it
+
+
+def chat_through_open_webui(stack: Stack, credential: str, model: str, question: str) -> tuple[str, list[dict]]:
+    """One question through Open WebUI's own /api/chat/completions, streamed: the answer's text and the events
+    (sources among them) Open WebUI passed on."""
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "stream": True}
+    text, events = "", []
+    with httpx.stream("POST", f"{stack.settings.openwebui_url}/api/chat/completions", json=body, timeout=300,
+                      headers={"Authorization": f"Bearer {credential}"}) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "event" in chunk:
+                events.append(chunk["event"])
+            text += "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+    return text, events
 
 
 def start_chat_stack(root: Path, logs: Path) -> Iterator[Stack]:

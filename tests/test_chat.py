@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.chat_stack import QUESTIONS, People, chat_service
+from tests.chat_stack import QUESTIONS, People, chat_service, chat_through_open_webui
 from tests.conftest import ARTIFACTS
 from tests.servers import free_port
 from tests.stack import Stack
@@ -93,18 +93,7 @@ def test_open_webui_lists_our_models_and_streams_answers_per_user(chat: str, peo
     listed = {m["id"] for m in alice._call("GET", "/api/models")["data"]}
     assert model in listed
     question = next(iter(people.questions))
-    body = {"model": model, "messages": [{"role": "user", "content": question}], "stream": True}
-    events, text = [], ""
-    with httpx.stream("POST", f"{chat_stack.settings.openwebui_url}/api/chat/completions", json=body, timeout=300,
-                      headers={"Authorization": alice.http.headers["Authorization"]}) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "event" in chunk:
-                events.append(chunk["event"])
-            text += "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+    text, events = chat_through_open_webui(chat_stack, people.alice["token"], model, question)
     assert text.strip()
     sources = [e["data"] for e in events if e.get("type") == "source"]
     assert sources and {s["source"]["name"] for s in sources} & people.questions[question]

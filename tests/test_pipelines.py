@@ -11,7 +11,7 @@ import json
 import httpx
 import pytest
 
-from tests.chat_stack import ChatServer, People
+from tests.chat_stack import ChatServer, People, chat_through_open_webui
 from tests.conftest import ARTIFACTS
 from tests.recording_proxy import recording_proxy
 from tests.stack import Stack
@@ -23,22 +23,6 @@ FILTER, PIPE, PLAIN = "knowledge-filter", "knowledge-pipe", "plain-generator"
 def protocol(chat_server: ChatServer, method: str, path: str, key: str | None = "valid", **kwargs) -> httpx.Response:
     headers = {} if key is None else {"Authorization": f"Bearer {chat_server.pipelines_key if key == 'valid' else key}"}
     return httpx.request(method, chat_server.pipelines_url + path, headers=headers, timeout=300, **kwargs)
-
-
-def chat_through_open_webui(stack: Stack, user: dict, model: str, question: str) -> tuple[str, list[dict]]:
-    body = {"model": model, "messages": [{"role": "user", "content": question}], "stream": True}
-    text, events = "", []
-    with httpx.stream("POST", f"{stack.settings.openwebui_url}/api/chat/completions", json=body, timeout=300,
-                      headers={"Authorization": f"Bearer {user['api_key']}"}) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "event" in chunk:
-                events.append(chunk["event"])
-            text += "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
-    return text, events
 
 
 def test_every_route_needs_the_key_and_speaks_the_protocol(chat_server: ChatServer, people: People) -> None:
@@ -102,7 +86,7 @@ def test_open_webui_runs_our_filter_and_pipe_for_each_user_as_they_may_read(chat
         models = {m["id"]: m for m in people.alice["client"]._call("GET", "/api/models")["data"]}
         assert PLAIN in models and PIPE in models and FILTER not in models  # filters are not for picking
         question, relevant = next(iter(people.questions.items()))
-        text, _ = chat_through_open_webui(chat_stack, people.alice, PLAIN, question)
+        text, _ = chat_through_open_webui(chat_stack, people.alice["api_key"], PLAIN, question)
         assert text.strip()
         [prompt] = [body for body in tap.bodies("/chat/completions") if body["model"] == PLAIN]
         asked = prompt["messages"][-1]["content"]  # the sources go before the user's own words, fenced
@@ -111,18 +95,18 @@ def test_open_webui_runs_our_filter_and_pipe_for_each_user_as_they_may_read(chat
         assert any(name in asked for name in relevant), asked[:500]
 
         # Bob asks the same: his prompt holds nothing of Alice's Knowledge.
-        text, _ = chat_through_open_webui(chat_stack, people.bob, PLAIN, question)
+        text, _ = chat_through_open_webui(chat_stack, people.bob["api_key"], PLAIN, question)
         bob_prompt = [body for body in tap.bodies("/chat/completions") if body["model"] == PLAIN][-1]
         assert bob_prompt["messages"] == [{"role": "user", "content": question}] or \
             not any(".txt" in m["content"] for m in bob_prompt["messages"])
 
         # The pipe answers from the Knowledge itself, and Open WebUI receives its sources.
-        text, events = chat_through_open_webui(chat_stack, people.alice, PIPE, question)
+        text, events = chat_through_open_webui(chat_stack, people.alice["api_key"], PIPE, question)
         sources = [e["data"] for e in events if e.get("type") == "source"]
         assert text.strip() and {s["source"]["name"] for s in sources} & relevant
         [pipe_request] = [body for body in tap.bodies("/chat/completions") if body["model"] == PIPE]
         assert pipe_request["user"]["id"] == alice_id(people) and pipe_request["messages"][0]["role"] != "system"
-        text, events = chat_through_open_webui(chat_stack, people.bob, PIPE, question)
+        text, events = chat_through_open_webui(chat_stack, people.bob["api_key"], PIPE, question)
         assert text.strip() and not [e for e in events if e.get("type") == "source"]
         bob_pipe = [body for body in tap.bodies("/chat/completions") if body["model"] == PIPE][-1]
         assert bob_pipe["user"]["id"] == people.bob["client"].session_user()["id"]
