@@ -174,3 +174,18 @@ def test_every_deployment_serves_beyond_loopback_only_with_keys_from_a_secret(tm
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "EMBED_HOST=0.0.0.0" in dockerfile and not re.search(r"EMBED_API_KEYS\S*=", dockerfile)  # no key baked in
     assert "EMBED_API_KEYS" in load_settings(host="0.0.0.0").exposure_problem()
+
+
+def test_dockerfile_has_a_cpu_image_by_default_and_a_cuda_target() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\S+)", dockerfile, re.MULTILINE)
+    assert stages[-1] == "cpu" and "cuda" in stages  # `docker build .` builds the last stage
+    body = {name: part for name, part in re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile,
+                                                      re.MULTILINE | re.DOTALL)}
+    assert re.search(r"whl/cpu torch==2\.13\.0", body["cpu"]) and "[onnx]" in body["cpu"]
+    assert re.search(r"whl/cu\d+", body["cuda"]) and "torch==2.13.0" in body["cuda"]
+    settings = {f"EMBED_{name.upper()}" for name in Settings.model_fields}
+    assert {"EMBED_DEVICE", "EMBED_PRECISION"} <= settings
+    assert "EMBED_DEVICE=cuda" in body["cuda"] and "EMBED_PRECISION=fp16" in body["cuda"]
+    for stage in ("cpu", "cuda"):
+        assert re.findall(r"^USER\s+(\S+)", body[stage], re.MULTILINE)[-1] == "app"

@@ -106,8 +106,13 @@ def _remove_stale_partials(parent: Path) -> None:
 
 def _build(folder: Path, quantize: str | None, work: Path) -> None:
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.transformers import optimizer
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.handlers[:], root.level = handlers, level  # its import calls logging.basicConfig: undo that
 
     exported, fused = work / "exported.onnx", work / "fused.onnx"
     config = _export(folder, exported)
