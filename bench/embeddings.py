@@ -7,6 +7,10 @@ Scenarios, on SciFact abstracts (``../shared/eval/scifact/corpus.jsonl``, title 
   32 x 16    32 concurrent clients, 16 texts per request
   burst      hundreds of one-text requests fired at once, as Open WebUI does for a long PDF
   query      one short query at a time (p50/p95), against the raw forward of the same query
+  backends   each other CPU backend (ONNX Runtime fp32, ONNX Runtime int8) in-process, batch by batch
+             beside the raw torch fp32 model (same texts, same batches): tokens/s ratio and cosine of
+             its vectors to fp32 (min, mean); then served over HTTP at 32 one-text clients, as a ratio
+             to raw torch and to its own in-process rate
 
 Tokens are the model's ids after truncation, special tokens included: the server's
 ``usage.prompt_tokens`` for ours, our tokenizer's count of the same texts for the raw model and
@@ -14,7 +18,8 @@ Infinity (whose usage counts characters). The server runs with its cache off, so
 forward pass. Peers run one at a time, never beside each other. Ratios are taken in one run on one
 machine; absolute figures drift on shared machines (the load average at the start is printed).
 
-    python bench/embeddings.py --quick --json             # under 3 minutes on 2 cores
+    python bench/embeddings.py --quick --json             # under 5 minutes on 2 cores
+    python bench/embeddings.py --quick --backends onnx-int8   # only that one beside torch
     python bench/embeddings.py --quick --infinity         # + Infinity 0.0.78 (installed once)
 """
 
@@ -25,8 +30,10 @@ import asyncio
 import json
 import os
 import re
+import importlib.util
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -41,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import EVAL, embed_server, free_port  # noqa: E402
 
 from config import ModelSpec  # noqa: E402
-from embed_server.backends import TransformerBackend  # noqa: E402
+from embed_server.backends import EmbeddingBackend, TransformerBackend  # noqa: E402
 from vector_bridge.stack import Service, StackError  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
@@ -51,6 +58,8 @@ RAW_BATCH_SIZES = (8, 16, 32)
 INFINITY_TORCH = "torch==2.13.0"  # installed first, so Infinity's resolver keeps the CPU build
 INFINITY = "infinity-emb[server,torch]==0.0.78"
 CACHE_DIR = Path(os.environ.get("EMBED_CACHE_DIR", "~/.cache/openwebui-local-backend")).expanduser()
+# The CPU backends compared with raw torch fp32: models.toml fields for each.
+BACKENDS = {"onnx": {"runtime": "onnx"}, "onnx-int8": {"runtime": "onnx", "quantize": "int8"}}
 
 
 @dataclass(frozen=True)
@@ -305,6 +314,83 @@ def measure_server(target: Target, texts: list[str], counts: dict[str, int], que
     return results
 
 
+# Other backends ---------------------------------------------------------------------------------
+
+@dataclass
+class BackendFigures:
+    name: str
+    tokens_per_s: float  # in-process, the raw batch size
+    raw_tokens_per_s: float  # raw torch fp32 on the same batches, interleaved with it
+    cosine_min: float
+    cosine_mean: float
+    served: Result | None = None  # 32 one-text clients over HTTP
+
+    def summary(self, raw_best: float) -> dict:
+        line = {"in_process_ratio": round(self.tokens_per_s / self.raw_tokens_per_s, 3),
+                "cosine_min": round(self.cosine_min, 4), "cosine_mean": round(self.cosine_mean, 4)}
+        if self.served:
+            line |= {"served_32x1_ratio": round(self.served.tokens_per_s / raw_best, 3),
+                     "served_vs_own_in_process": round(self.served.tokens_per_s / self.tokens_per_s, 3),
+                     "served_errors": self.served.errors}
+        return line
+
+
+def backend_spec(name: str) -> ModelSpec:
+    return ModelSpec(id=MODEL, source=SOURCE, **BACKENDS[name])
+
+
+def compare_in_process(raw: RawModel, name: str, texts: list[str], batch_size: int) -> BackendFigures:
+    """Batch by batch, the backend right after raw torch: a busy machine slows both alike."""
+    from embed_server.backends.onnx import OnnxBackend
+
+    other: EmbeddingBackend = OnnxBackend(backend_spec(name), os.cpu_count() or 1, CACHE_DIR)
+    ids = sorted(raw.ids(texts), key=len)
+    batches = [ids[start:start + batch_size] for start in range(0, len(ids), batch_size)]
+    for batch in (batches[0], batches[-1]):  # warm-up: the first passes of each shape are slow
+        raw.backend.encode(batch), other.encode(batch)
+    seconds = {"raw": 0.0, "other": 0.0}
+    cosines = []
+    for batch in batches:
+        started = time.perf_counter()
+        reference = raw.backend.encode(batch)
+        middle = time.perf_counter()
+        vectors = other.encode(batch)
+        seconds["raw"] += middle - started
+        seconds["other"] += time.perf_counter() - middle
+        cosines.append((reference * vectors).sum(axis=1))
+    tokens = sum(map(len, ids))
+    cosine = np.concatenate(cosines)
+    return BackendFigures(name, tokens / seconds["other"], tokens / seconds["raw"], float(cosine.min()),
+                          float(cosine.mean()))
+
+
+def measure_backend_server(name: str, texts: list[str], counts: dict[str, int], headers: dict[str, str],
+                           server_env: dict[str, str]) -> Result:
+    spec = backend_spec(name)
+    fields = "".join(f'{key} = "{value}"\n' for key, value in BACKENDS[name].items())
+    with tempfile.TemporaryDirectory() as folder:
+        models = Path(folder) / "models.toml"
+        models.write_text(f'[[models]]\nid = "{spec.id}"\nsource = "{spec.source}"\n{fields}')
+        settings = {"EMBED_CACHE_SIZE": "0", "EMBED_CACHE_DIR": str(CACHE_DIR), "EMBED_MODELS_FILE": str(models)}
+        with embed_server(**(settings | server_env)) as url:
+            target = Target(name, url, "/v1/embeddings", usage_is_tokens=True, has_metrics=True, headers=headers)
+            asyncio.run(clients(target, texts[:32], counts, 8, 1, "warm-up"))
+            return scenario(target, partial(clients, target, texts, counts, 32, 1, "32 x 1"))
+
+
+def backends_table(figures: list[BackendFigures], raw: RawFigures, servers: dict[str, dict[str, Result]]) -> None:
+    base = raw.best.tokens_per_s
+    print("| backend | in-process vs raw torch fp32 | cosine to fp32 min | mean | served 32 x 1 vs raw | "
+          "served vs own in-process |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    torch_served = servers["server"]["32 x 1"].tokens_per_s
+    print(f"| torch fp32 | 1.00 | 1.0000 | 1.0000 | {torch_served / base:.2f} | {torch_served / base:.2f} |")
+    for figure in figures:
+        s = figure.summary(base)
+        print(f"| {figure.name} | {s['in_process_ratio']:.2f} | {s['cosine_min']:.4f} | {s['cosine_mean']:.4f} | "
+              f"{s.get('served_32x1_ratio', float('nan')):.2f} | {s.get('served_vs_own_in_process', float('nan')):.2f} |")
+
+
 # Infinity ---------------------------------------------------------------------------------------
 
 def infinity_venv(venv: Path) -> Path | None:
@@ -441,6 +527,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--infinity", action="store_true", help="also measure Infinity 0.0.78 (installed once)")
     parser.add_argument("--infinity-venv", type=Path, default=CACHE_DIR / "infinity-0.0.78")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
+    installed = importlib.util.find_spec("onnxruntime") is not None
+    parser.add_argument("--backends", default=",".join(BACKENDS) if installed else "",
+                        help=f"comma-separated, of {', '.join(BACKENDS)} (default: all, if onnxruntime is installed; "
+                        "'' for none)")
     return parser.parse_args()
 
 
@@ -482,6 +572,15 @@ def main() -> None:
     counts = {text: len(ids) for text, ids in zip([*texts, query], model.ids([*texts, query]))}
     raw = measure_raw(model, texts, query, sizes)
     servers = measure_servers(args, texts, counts, query, sizes)
+    names = [name for name in args.backends.split(",") if name]
+    if unknown := set(names) - set(BACKENDS):
+        raise SystemExit(f"unknown backends: {', '.join(sorted(unknown))}; known: {', '.join(BACKENDS)}")
+    figures = [compare_in_process(model, name, texts, raw.best_batch_size) for name in names]
+    if not args.url:  # a running server serves what it serves: only ours are started per backend
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        server_env = dict(item.split("=", 1) for item in args.server_env)
+        for figure in figures:
+            figure.served = measure_backend_server(figure.name, texts, counts, headers, server_env)
     raw.again = model.throughput(texts, raw.best_batch_size)
 
     expected = sum(counts[text] for text in texts)
@@ -492,6 +591,9 @@ def main() -> None:
     print(f"SciFact, {len(texts)} abstracts ({expected / len(texts):.0f} tokens each on average), "
           f"{os.cpu_count()} cores, load average {load:.2f} at the start, {seconds:.0f} s in all\n")
     table(raw, servers)
+    if figures:
+        print()
+        backends_table(figures, raw, servers)
     print("\nvs raw: tokens/s over the best raw batch size's. padding %: pad tokens among those the model ran. "
           "forward %: time in forward passes over wall time. client CPU %: this benchmark's own share of one core "
           "(CPU the server could not use).")
@@ -500,6 +602,7 @@ def main() -> None:
     if args.json:
         extra = {"quick": args.quick, "seconds": round(seconds), "load_average_start": round(load, 2),
                  "warnings": notes}
+        extra["backends"] = {figure.name: figure.summary(raw.best.tokens_per_s) for figure in figures}
         print(json.dumps(json_line(raw, servers, extra)))
 
 

@@ -7,6 +7,11 @@ the vector size and the documents embedded per second.
 
     python bench/retrieval.py --data ../shared/eval/scifact --model all-MiniLM-L6-v2 \
         --model all-MiniLM-L6-v2-hybrid [--json]
+
+Backends: ``--backend torch --backend onnx-int8`` serves the transformer models of config/models.toml
+with each runtime in turn (a server per backend and data set), so their nDCG@10 stand side by side.
+Splits: ``--split`` picks the qrels file (SciFact: train, test; KorQuAD: tune, eval, test); tune
+on train/tune, report test/eval.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import asyncio
 import json
 import math
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import chroma_server, embed_server  # noqa: E402
 
+from config.settings import DEFAULT_MODELS_FILE, read_models_file  # noqa: E402
+
 REQUEST_TEXTS = 32
 CONCURRENT_REQUESTS = 4
+# models.toml fields that select each backend for the transformer models.
+BACKENDS: dict[str, dict[str, str]] = {"torch": {}, "onnx": {"runtime": "onnx"},
+                                       "onnx-int8": {"runtime": "onnx", "quantize": "int8"}}
 
 
 @dataclass
@@ -54,10 +66,10 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
-def load(folder: Path, max_queries: int | None) -> DataSet:
+def load(folder: Path, max_queries: int | None, split: str = "test") -> DataSet:
     corpus = _jsonl(folder / "corpus.jsonl")
     qrels: dict[str, dict[str, int]] = {}
-    for line in list((folder / "qrels" / "test.tsv").open())[1:]:
+    for line in list((folder / "qrels" / f"{split}.tsv").open())[1:]:
         query, doc, score = line.rstrip("\n").split("\t")
         if int(score) > 0:
             qrels.setdefault(query, {})[doc] = int(score)
@@ -136,6 +148,26 @@ def chroma_rankings(address: tuple[str, int], name: str, queries: np.ndarray, do
     return rankings
 
 
+def _toml_value(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+@contextmanager
+def models_file(backend: str) -> Iterator[dict[str, str]]:
+    """Settings for a server whose transformer models (config/models.toml) run on ``backend``."""
+    if backend == "torch":
+        yield {}
+        return
+    lines = []
+    for spec in read_models_file(DEFAULT_MODELS_FILE):
+        fields = spec.model_dump(exclude_defaults=True) | (BACKENDS[backend] if spec.kind == "transformer" else {})
+        lines += ["[[models]]", *(f"{key} = {_toml_value(value)}" for key, value in fields.items()), ""]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "models.toml"
+        path.write_text("\n".join(lines))
+        yield {"EMBED_MODELS_FILE": str(path)}
+
+
 def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str) -> dict:
     started = time.perf_counter()
     docs = asyncio.run(embed_all(url, model, data.docs, "document"))
@@ -153,10 +185,11 @@ def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str
 
 
 def print_table(results: list[dict]) -> None:
-    print("| data | model | nDCG@10 | recall@100 | nDCG@10 (Chroma) | recall@100 (Chroma) | dim | docs/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| data | split | model | backend | nDCG@10 | recall@100 | nDCG@10 (Chroma) | recall@100 (Chroma) | dim "
+          "| docs/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['data']} | {r['model']} | {r['ndcg@10']:.3f} | {r['recall@100']:.3f} | "
+        print(f"| {r['data']} | {r['split']} | {r['model']} | {r['backend']} | {r['ndcg@10']:.4f} | {r['recall@100']:.3f} | "
               f"{r.get('chroma_ndcg@10', float('nan')):.3f} | {r.get('chroma_recall@100', float('nan')):.3f} | "
               f"{r['dim']} | {r['docs_per_s']:.1f} |")
     for data in dict.fromkeys(r["data"] for r in results):
@@ -171,21 +204,30 @@ def main() -> None:
     parser.add_argument("--data", type=Path, action="append", required=True, help="a BEIR-layout folder")
     parser.add_argument("--model", action="append", required=True, help="a served model id")
     parser.add_argument("--url", help="a running server (default: start one per data set, with fresh state)")
-    parser.add_argument("--max-queries", type=int, help="use only the first N test queries")
+    parser.add_argument("--max-queries", type=int, help="use only the first N judged queries")
+    parser.add_argument("--split", default="test", help="the qrels file to judge by: qrels/<split>.tsv")
+    parser.add_argument("--backend", action="append", choices=list(BACKENDS),
+                        help="serve the transformer models with this runtime (repeatable; default torch)")
     parser.add_argument("--no-chroma", action="store_true", help="exact cosine only")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
     args = parser.parse_args()
 
+    backends = args.backend or ["torch"]
+    if args.url and backends != ["torch"]:
+        parser.error("--backend starts servers of its own: leave out --url")
     results = []
     with (nullcontext(None) if args.no_chroma else chroma_server()) as chroma:
         for folder in args.data:
-            data = load(folder, args.max_queries)
-            # A fresh server per data set: the hybrid models learn IDF from the documents they embed.
-            # No cache: documents/s must count real forward passes, not repeats across models.
-            with (nullcontext(args.url) if args.url else embed_server(EMBED_CACHE_SIZE="0")) as url:
-                for model in args.model:
-                    results.append(evaluate(url, chroma, data, model))
-                    print(f"# {results[-1]}", file=sys.stderr, flush=True)
+            data = load(folder, args.max_queries, args.split)
+            for backend in backends:
+                # A fresh server per data set: the hybrid models learn IDF from the documents they embed.
+                # No cache: documents/s must count real forward passes, not repeats across models.
+                with models_file(backend) as settings, \
+                        (nullcontext(args.url) if args.url else embed_server(EMBED_CACHE_SIZE="0", **settings)) as url:
+                    for model in args.model:
+                        label = "--url" if args.url else backend
+                        results.append(evaluate(url, chroma, data, model) | {"backend": label, "split": args.split})
+                        print(f"# {results[-1]}", file=sys.stderr, flush=True)
     print_table(results)
     if args.json:
         print(json.dumps({"results": results}))

@@ -8,6 +8,7 @@ Values come, highest priority first, from keyword arguments, environment variabl
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import tomllib
@@ -24,6 +25,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_MODELS_FILE = Path(__file__).with_name("models.toml")
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+Precision = Literal["fp32", "fp16", "bf16"]
 CONFIG_FILE_ENV = "EMBED_CONFIG"
 
 
@@ -41,6 +44,11 @@ class ModelSpec(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
     query_prefix: str = ""
     document_prefix: str = ""
+    # Where and how a transformer or cross-encoder runs; device and precision default to the server's.
+    runtime: Literal["torch", "onnx"] = "torch"
+    quantize: Literal["int8"] | None = Field(default=None, description="onnx: int8 weights and activations")
+    device: str | None = Field(default=None, pattern=DEVICE_PATTERN)
+    precision: Precision | None = None
     # Hybrid models: a served transformer model's dense vector + a hashed lexical vector.
     dense: str | None = Field(default=None, description="hybrid: id of the served dense model")
     lexical_dim: int = Field(default=4096, gt=0)
@@ -53,11 +61,22 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.id!r}: a {self.kind} model needs a source")
         if self.kind == "hybrid" and not self.dense:
             raise ValueError(f"model {self.id!r}: a hybrid model needs the id of its dense model")
+        if self.runtime == "onnx" and self.kind != "transformer":
+            raise ValueError(f"model {self.id!r}: runtime 'onnx' serves transformer models only, not {self.kind}")
+        if self.quantize and self.runtime != "onnx":
+            raise ValueError(f"model {self.id!r}: quantize = {self.quantize!r} needs runtime = 'onnx'")
+        if self.runtime == "onnx" and not _installed("onnxruntime", "onnx"):
+            raise ValueError(f"model {self.id!r}: runtime 'onnx' needs onnxruntime and onnx: "
+                             "pip install 'openwebui-local-backend[onnx]'")
         return self
 
     @property
     def names(self) -> list[str]:
         return [self.id, *self.aliases]
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
 def is_loopback(host: str) -> bool:
@@ -125,9 +144,14 @@ class Settings(BaseSettings):
 
     # Batching and inference
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
-    # Measured (bench/embeddings.py, 2-core CPU, MiniLM): 2,048 padded tokens a pass ran 32 one-text
-    # clients at 0.92x the raw model's best rate, 8,192 at 0.67x; bigger passes run slower per token here.
-    max_batch_tokens: int = Field(default=2048, gt=0, description="Padded tokens per forward pass.")
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="Where torch models run: auto "
+                        "(cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; a model may set its own.")
+    precision: Precision = Field(default="fp32", description="torch models' weights: fp32, or fp16/bf16 on a GPU.")
+    # Unset: per device (embed_server/backends/device.py). Measured (bench/embeddings.py, 2-core CPU,
+    # MiniLM): 2,048 padded tokens a pass ran 32 one-text clients at 0.92x the raw model's best rate,
+    # 8,192 at 0.67x; a GPU needs far bigger passes to fill its cores.
+    max_batch_tokens: int | None = Field(default=None, gt=0, description="Padded tokens per forward pass; "
+                                         "default 2048 on a CPU, 65536 on a CUDA GPU, 16384 on mps.")
     max_batch_size: int = Field(default=32, gt=0)
     max_queued_texts: int = Field(default=8192, gt=0)
     retry_after_seconds: int = Field(default=2, ge=1)

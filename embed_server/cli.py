@@ -11,6 +11,7 @@ import uvicorn
 
 from config import SettingsError, load_settings
 from embed_server.app import create_app
+from embed_server.backends.device import DeviceError, check_placements
 from embed_server.logs import configure_logging
 
 
@@ -30,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(args.config, **overrides)
     except (SettingsError, FileNotFoundError) as error:
+        print(f"embed-server: invalid settings: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    try:
+        check_placements(settings)
+    except DeviceError as error:
         print(f"embed-server: invalid settings: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     problem = settings.exposure_problem()

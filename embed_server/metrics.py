@@ -30,6 +30,8 @@ class Metrics:
         self.cache_misses = Counter("embed_cache_misses", "Embeddings not found in the cache", ["model"], registry=r)
         self.cache_bytes = Gauge("embed_cache_bytes", "Memory held by the embedding cache (vectors, texts, overhead)", registry=r)
         self.cache_entries = Gauge("embed_cache_entries", "Embeddings held by the embedding cache", registry=r)
+        self.model_info = Gauge("embed_model_info", "1 for each served model, labelled with where it runs",
+                                ["model", "runtime", "device", "precision"], registry=r)
         self.queue_rejections = Counter("embed_queue_rejections", "Requests refused because the queue was full", ["model"], registry=r)
         self.cache_lookups = Counter("embed_cache_lookups", "Embedding cache lookups by layer (memory, redis) and "
                                      "result (hit, miss, error)", ["model", "layer", "result"], registry=r)

@@ -7,8 +7,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from config import ModelSpec, Settings
-from embed_server.backends import TransformerBackend
+from embed_server.backends import EmbeddingBackend, TransformerBackend
 from embed_server.backends.cross_encoder import CrossEncoderBackend
+from embed_server.backends.device import Placement, place
 from embed_server.backends.lexical import DocumentFrequencies
 from embed_server.batcher import LengthSortedBatcher
 from embed_server.cache import EmbeddingCache
@@ -40,6 +41,7 @@ class ModelRegistry:
         self._rerankers: dict[str, CrossEncoderReranker | EmbeddingReranker] = {}
         self._batchers: list[LengthSortedBatcher] = []
         self._hybrids: list[DocumentFrequencies] = []
+        self.placements: dict[str, Placement] = {}  # model id -> where it runs, known before it loads
         self.load_error: str | None = None
         self.ready = False
         # One cache for every model (its keys name the model), so its byte bound is the server's.
@@ -63,12 +65,14 @@ class ModelRegistry:
             loop = asyncio.get_running_loop()
             if self.redis is not None:
                 self.redis.start()
+            self._place_all()
             for spec in self.specs:
                 if spec.kind == "transformer":
-                    backend = await loop.run_in_executor(self.executor, TransformerBackend, spec, self.settings.threads)
+                    backend = await loop.run_in_executor(self.executor, self._embedding_backend, spec)
                     self._add(spec, backend)
                 elif spec.kind == "cross-encoder":
-                    scorer = await loop.run_in_executor(self.executor, CrossEncoderBackend, spec, self.settings.threads)
+                    scorer = await loop.run_in_executor(self.executor, CrossEncoderBackend, spec,
+                                                        self.settings.threads, self.placements[spec.id])
                     reranker = CrossEncoderReranker(spec, scorer, self._batcher(spec, scorer))
                     self._rerankers |= {name: reranker for name in spec.names}
             for spec in self.specs:
@@ -81,12 +85,32 @@ class ModelRegistry:
         self.ready = True
         log.info("models ready", extra={"models": [spec.id for spec in self.specs]})
 
-    def _batcher(self, spec: ModelSpec, backend: TransformerBackend | CrossEncoderBackend) -> LengthSortedBatcher:
+    def _place_all(self) -> None:
+        """Every model's runtime, device and precision; a hybrid model runs where its dense model does."""
+        for spec in self.specs:
+            if spec.kind != "hybrid":
+                self.placements[spec.id] = place(spec, self.settings)
+        for spec in self.specs:
+            if spec.kind == "hybrid":
+                self.placements[spec.id] = self.placements[spec.dense]  # type: ignore[index]
+        for model, where in self.placements.items():
+            self.metrics.model_info.labels(model, where.runtime, where.device, where.precision).set(1)
+
+    def _embedding_backend(self, spec: ModelSpec) -> EmbeddingBackend:
+        placement = self.placements[spec.id]
+        if spec.runtime == "onnx":
+            # Imported here: onnxruntime is an optional extra, needed only by the models that ask for it.
+            from embed_server.backends.onnx import OnnxBackend
+
+            return OnnxBackend(spec, self.settings.threads, self.settings.cache_dir, placement)
+        return TransformerBackend(spec, self.settings.threads, placement)
+
+    def _batcher(self, spec: ModelSpec, backend: EmbeddingBackend | CrossEncoderBackend) -> LengthSortedBatcher:
         s = self.settings
         batcher = LengthSortedBatcher(
             backend,
             self.executor,
-            max_batch_tokens=s.max_batch_tokens,
+            max_batch_tokens=self.placements[spec.id].max_batch_tokens,
             max_batch_size=s.max_batch_size,
             max_queued_texts=s.max_queued_texts,
             retry_after_seconds=s.retry_after_seconds,
@@ -96,7 +120,7 @@ class ModelRegistry:
         self._batchers.append(batcher)
         return batcher
 
-    def _add(self, spec: ModelSpec, backend: TransformerBackend) -> None:
+    def _add(self, spec: ModelSpec, backend: EmbeddingBackend) -> None:
         s = self.settings
         embedder = Embedder(
             spec, backend, self._batcher(spec, backend), self.cache, self.metrics,

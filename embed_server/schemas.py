@@ -115,6 +115,9 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    runtime: str | None = Field(default=None, description="torch or onnx; null until the server has placed the model")
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:N or mps")
+    precision: str | None = Field(default=None, description="fp32, fp16, bf16 or int8")
 
 
 class ModelList(BaseModel):

@@ -236,3 +236,25 @@ def test_k8s_redis_is_optional_private_and_what_the_secret_names(tmp_path: Path)
     assert redis["volumeMounts"][0]["mountPath"] == "/data"
     assert redis_k8s("PersistentVolumeClaim", "redis-data")
     _redis_server_accepts([arg.replace("$(REDIS_PASSWORD)", "k8s-password") for arg in redis["args"]], tmp_path)
+
+
+def test_dockerfile_has_a_cpu_image_by_default_and_a_cuda_target() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\S+)", dockerfile, re.MULTILINE)
+    assert stages[-1] == "cpu" and "cuda" in stages  # `docker build .` builds the last stage
+    body = {name: part for name, part in re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile,
+                                                      re.MULTILINE | re.DOTALL)}
+    assert re.search(r"whl/cpu torch==2\.13\.0", body["cpu"]) and "[onnx]" in body["cpu"]
+    assert re.search(r"whl/cu\d+", body["cuda"]) and "torch==2.13.0" in body["cuda"]
+    settings = {f"EMBED_{name.upper()}" for name in Settings.model_fields}
+    assert {"EMBED_DEVICE", "EMBED_PRECISION"} <= settings
+    assert "EMBED_DEVICE=cuda" in body["cuda"] and "EMBED_PRECISION=fp16" in body["cuda"]
+    for stage in ("cpu", "cuda"):
+        assert re.findall(r"^USER\s+(\S+)", body[stage], re.MULTILINE)[-1] == "app"
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    packages = re.search(r'include = \[(.*?)\]', (REPO / "pyproject.toml").read_text()).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert f"COPY {package} ./{package}" in dockerfile, package

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from embed_server.backends.device import select_device
 from tests.conftest import HYBRID, MODEL, PREFIXED, embed
 from tests.reference import cosine, raw_embeddings, token_count, tokenizer
 
@@ -120,6 +121,14 @@ def test_models_list_and_retrieve(client: httpx.Client) -> None:
     assert all(m["object"] == "model" and isinstance(m["created"], int) and m["owned_by"] for m in listed["data"])
     assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
     assert client.get("/v1/models/sentence-transformers/all-MiniLM-L6-v2").json()["id"] == MODEL
+
+
+def test_models_and_metrics_say_where_each_model_runs(client: httpx.Client) -> None:
+    device = select_device("auto")  # the test server leaves EMBED_DEVICE at auto
+    for entry in client.get("/v1/models").json()["data"]:
+        assert (entry["runtime"], entry["device"], entry["precision"]) == ("torch", device, "fp32"), entry
+    metrics = client.get("/metrics").text
+    assert f'embed_model_info{{device="{device}",model="{HYBRID}",precision="fp32",runtime="torch"}} 1.0' in metrics
 
 
 def test_repeats_are_answered_from_the_cache_with_identical_vectors(client: httpx.Client) -> None:

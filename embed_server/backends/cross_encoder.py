@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from config import ModelSpec
+from embed_server.backends.device import Placement
 from embed_server.backends.transformer import padded_inputs, resolve_source
 
 log = logging.getLogger(__name__)
@@ -18,12 +19,15 @@ log = logging.getLogger(__name__)
 class CrossEncoderBackend:
     dimension = 1
 
-    def __init__(self, spec: ModelSpec, threads: int) -> None:
+    def __init__(self, spec: ModelSpec, threads: int, placement: Placement | None = None) -> None:
         folder = resolve_source(spec.source)  # type: ignore[arg-type]
         torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()
+        self.placement = placement or Placement("torch", "cpu", "fp32", 2048)
+        self.device = self.placement.torch_device
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        self.model = (AutoModelForSequenceClassification.from_pretrained(folder, dtype=self.placement.dtype)
+                      .to(self.device).eval())
         model_limit = getattr(self.model.config, "max_position_embeddings", None) or 512
         self.max_tokens = min(spec.max_tokens or model_limit, model_limit)
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -38,14 +42,15 @@ class CrossEncoderBackend:
 
     @torch.inference_mode()
     def encode(self, batch: list[list[int]]) -> np.ndarray:
-        inputs = padded_inputs(batch, self.pad_id)
+        inputs = {name: tensor.to(self.device, non_blocking=True)
+                  for name, tensor in padded_inputs(batch, self.pad_id).items()}
         if self.uses_segments:
             inputs["token_type_ids"] = self._segments(inputs["input_ids"], inputs["attention_mask"])
-        logits = self.model(**inputs).logits
+        logits = self.model(**inputs).logits.float()
         # One label: a relevance logit, squashed to 0..1 as sentence-transformers does. Several:
         # the probability of the last ("relevant") label.
         scores = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)[:, -1]
-        return scores.float().unsqueeze(1).numpy()
+        return scores.float().unsqueeze(1).cpu().numpy()
 
     def _segments(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Padding drops the tokenizer's token_type_ids, so rebuild them: the document (segment 1)

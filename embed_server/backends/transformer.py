@@ -1,4 +1,4 @@
-"""A Hugging Face transformers encoder with sentence-transformers pooling, run by torch."""
+"""A Hugging Face transformers encoder with sentence-transformers pooling, run by torch on a CPU or GPU."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from config import ModelSpec
+from embed_server.backends.device import Placement
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +88,23 @@ def padded_inputs(batch: list[list[int]], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-class TransformerBackend:
-    """Encodes token-id batches with one transformer model on the CPU (or whatever torch has)."""
+class TokenizerSide:
+    """What every runtime of an encoder shares: its tokenizer, special tokens, limit and pooling."""
 
-    def __init__(self, spec: ModelSpec, threads: int) -> None:
-        folder = resolve_source(spec.source)
+    def __init__(self, folder: Path, spec: ModelSpec) -> None:
         facts = sentence_transformers_facts(folder)
-        torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self._fast = self._rust_tokenizer()
-        self.model = AutoModel.from_pretrained(folder).eval()
+        self.config = AutoConfig.from_pretrained(folder)
         self.pooling = spec.pooling or facts.get("pooling", "mean")
         self.normalize = spec.normalize if spec.normalize is not None else facts.get("normalize", True)
-        model_limit = getattr(self.model.config, "max_position_embeddings", None) or 512
+        model_limit = getattr(self.config, "max_position_embeddings", None) or 512
         self.max_tokens = min(spec.max_tokens or facts.get("max_tokens") or model_limit, model_limit)
-        self.dimension = int(self.model.config.hidden_size)
+        self.dimension = int(self.config.hidden_size)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.uses_segments = "token_type_ids" in self.tokenizer.model_input_names
         self._head, self._tail = self._special_tokens()
-        log.info(
-            "model loaded",
-            extra={"source": str(folder), "pooling": self.pooling, "normalize": self.normalize,
-                   "max_tokens": self.max_tokens, "dimension": self.dimension},
-        )
 
     def _rust_tokenizer(self) -> Tokenizer | None:
         """The Rust tokenizer under a fast tokenizer, without the Python wrapper's per-call overhead."""
@@ -148,17 +143,37 @@ class TransformerBackend:
         tail = len(self._tail)
         return ids[: self.max_tokens - tail] + (ids[-tail:] if tail else [])
 
+
+class TransformerBackend(TokenizerSide):
+    """Encodes token-id batches with one transformer model, run by torch on its placement's device."""
+
+    def __init__(self, spec: ModelSpec, threads: int, placement: Placement | None = None) -> None:
+        folder = resolve_source(spec.source)
+        super().__init__(folder, spec)
+        torch.set_num_threads(threads)
+        self.placement = placement or Placement("torch", "cpu", "fp32", 2048)
+        self.device = self.placement.torch_device
+        self.model = AutoModel.from_pretrained(folder, dtype=self.placement.dtype).to(self.device).eval()
+        log.info(
+            "model loaded",
+            extra={"source": str(folder), "pooling": self.pooling, "normalize": self.normalize,
+                   "max_tokens": self.max_tokens, "dimension": self.dimension, "device": self.placement.device,
+                   "precision": self.placement.precision},
+        )
+
     @torch.inference_mode()
     def encode(self, batch: list[list[int]]) -> np.ndarray:
-        inputs = padded_inputs(batch, self.pad_id)
-        if "token_type_ids" in self.tokenizer.model_input_names:
+        inputs = {name: tensor.to(self.device, non_blocking=True)
+                  for name, tensor in padded_inputs(batch, self.pad_id).items()}
+        if self.uses_segments:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
         mask = inputs["attention_mask"]
-        hidden = self.model(**inputs).last_hidden_state
+        # Pool and normalise in fp32: summing hundreds of fp16 values loses digits the vectors keep.
+        hidden = self.model(**inputs).last_hidden_state.float()
         vectors = self._pool(hidden, mask)
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-        return vectors.float().numpy()
+        return vectors.cpu().numpy()
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

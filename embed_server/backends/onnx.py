@@ -1,0 +1,60 @@
+"""The same encoder run by ONNX Runtime on the CPU: a fused graph, optionally int8 (see onnx_export)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from config import ModelSpec
+from embed_server.backends.device import Placement
+from embed_server.backends.onnx_export import ensure_graph
+from embed_server.backends.transformer import TokenizerSide, resolve_source
+
+log = logging.getLogger(__name__)
+
+
+class OnnxBackend(TokenizerSide):
+    """Encodes token-id batches with ONNX Runtime's CPU provider."""
+
+    def __init__(self, spec: ModelSpec, threads: int, cache_dir: Path, placement: Placement | None = None) -> None:
+        import onnxruntime
+
+        folder = resolve_source(spec.source)  # type: ignore[arg-type]
+        super().__init__(folder, spec)
+        self.placement = placement or Placement("onnx", "cpu", spec.quantize or "fp32", 2048)
+        self.path = ensure_graph(folder, spec.quantize, cache_dir, spec.id)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._inputs = {item.name for item in self.session.get_inputs()}
+        log.info("model loaded", extra={"source": str(folder), "graph": str(self.path), "runtime": "onnx",
+                                        "quantize": spec.quantize, "pooling": self.pooling,
+                                        "max_tokens": self.max_tokens, "dimension": self.dimension})
+
+    def encode(self, batch: list[list[int]]) -> np.ndarray:
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self.session.run(None, feed)[0]
+        vectors = self._pool(hidden, mask)
+        if self.normalize:
+            vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return vectors.astype(np.float32, copy=False)
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.pooling == "cls":
+            return hidden[:, 0].copy()
+        if self.pooling == "last":
+            return hidden[np.arange(hidden.shape[0]), mask.sum(axis=1) - 1].copy()
+        weights = mask[..., None].astype(hidden.dtype)
+        return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
