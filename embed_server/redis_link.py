@@ -32,18 +32,16 @@ class RedisUnavailable(RuntimeError):
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced, safe for logs, errors and /metrics."""
+    """Only where ``url`` points (scheme, host, port, database), safe for logs, errors and /metrics: redis-py
+    also takes a password as the user part alone (``redis://secret@host``) or in the query (``?password=``)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None and "@" not in parts.netloc:
-            return url
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
         port = f":{parts.port}" if parts.port else ""
-        user = parts.username or ""
-        return urlunsplit((parts.scheme, f"{user}:***@{host}{port}" if user else f"***@{host}{port}",
-                           parts.path, "", ""))
+        credentials = "***@" if "@" in parts.netloc else ""
+        return urlunsplit((parts.scheme, f"{credentials}{host}{port}", parts.path, "", ""))
     except ValueError:
         return "<unparseable redis url>"
 

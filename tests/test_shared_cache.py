@@ -58,7 +58,10 @@ def test_values_round_trip_and_damaged_ones_are_refused() -> None:
 
 def test_redis_urls_are_redacted() -> None:
     assert redact_url("redis://:hunter2@redis:6379/0") == "redis://***@redis:6379/0"
-    assert redact_url("rediss://app:hunter2@10.0.0.5:6380/1") == "rediss://app:***@10.0.0.5:6380/1"
+    assert redact_url("rediss://app:hunter2@10.0.0.5:6380/1") == "rediss://***@10.0.0.5:6380/1"
+    # redis-py also takes a password as the user part alone, or in the query
+    assert redact_url("redis://hunter2@redis:6379/0") == "redis://***@redis:6379/0"
+    assert redact_url("redis://redis:6379/0?password=hunter2") == "redis://redis:6379/0"
     assert redact_url("redis://redis:6379/0") == "redis://redis:6379/0"
     assert "hunter2" not in redact_url("redis://app:hunter2@[::1]:6379")
     assert "s3cret" not in redact_url("redis://:s3cret@host:notaport/0")
