@@ -17,6 +17,7 @@ from chat_server.generators import Generator
 from chat_server.generators.local import LocalGenerator
 from chat_server.generators.openai_compatible import OpenAICompatibleGenerator
 from chat_server.gate import DIRECT_ROUTES, ChatGate
+from chat_server.routes.documents import UploadSlots
 from chat_server.routes import completions, health
 from chat_server.routes import direct, documents, page
 from config import Settings, load_settings
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(documents.router)
     app.include_router(page.router)
     app.state.chat_keys = KeyGuard([], settings.chat_rate_limit)  # the WebSocket counts its questions itself
+    app.state.uploads = UploadSlots(total=4)
     gate = ChatGate(KeyGuard([], settings.rate_limit), app.state.chat_keys, app.state.failed_attempts,
                     user=(*USER_ROUTES, *DIRECT_ROUTES))
     app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes, gate=gate)

@@ -16,6 +16,11 @@ async def readable_bases(request: Request, token: str | None = None) -> list[Kno
     (a WebSocket from a browser)."""
     access: KnowledgeAccess = request.app.state.knowledge_access
     token = token or bearer_token(request.headers.get("authorization"))
+    # An address that has used up its failed attempts is not let ask Open WebUI about a credential it has not
+    # answered for lately: made-up tokens all pass the gate (each is a new "credential"), so this is what
+    # bounds them. A credential Open WebUI accepted a moment ago is still served from that address.
+    if not access.knows(token):
+        request.app.state.failed_attempts.check(request.client.host if request.client else None)
     try:
         bases = await access.readable(token)
         # Open WebUI names the user it calls for (ENABLE_FORWARD_USER_INFO_HEADERS). A connection set up with one

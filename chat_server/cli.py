@@ -31,8 +31,10 @@ class _Companion(uvicorn.Server):
 
 def servers(settings: Settings) -> list[uvicorn.Server]:
     chat = create_app(settings)
+    # A chat message is a question and some history: 1 MiB and two queued messages per socket, not uvicorn's
+    # 16 MiB x 32 that a client could pile up while the server is busy answering.
     found = [uvicorn.Server(uvicorn.Config(chat, host=settings.chat_host, port=settings.chat_port, log_config=None,
-                                           timeout_graceful_shutdown=10))]
+                                           timeout_graceful_shutdown=10, ws_max_size=1024 * 1024, ws_max_queue=2))]
     if settings.pipelines_key is not None:
         pipelines = pipelines_app(settings, chat)
         found.append(_Companion(uvicorn.Config(pipelines, host=settings.pipelines_host, port=settings.pipelines_port,

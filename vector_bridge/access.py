@@ -62,6 +62,11 @@ class KnowledgeAccess:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def knows(self, token: str) -> bool:
+        """Whether Open WebUI's answer for ``token`` is at hand (it accepted the credential a moment ago)."""
+        cached = self._answers.get(("knowledge", hashlib.sha256(token.encode()).hexdigest()))
+        return cached is not None and cached[0] > time.monotonic()
+
     async def readable(self, token: str) -> list[KnowledgeBase]:
         """Every Knowledge base the holder of ``token`` may read in Open WebUI."""
         return await self._cached("knowledge", token, self._knowledge)
