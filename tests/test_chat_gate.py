@@ -45,3 +45,26 @@ def test_the_chat_limit_counts_per_credential_on_generating_routes_only() -> Non
 def test_upload_names_are_a_plain_file_name(sent: str | None, kept: str) -> None:
     assert safe_name(sent) == kept
     assert len(safe_name(sent).encode()) <= 255
+
+
+def test_uploads_go_one_per_credential_and_a_few_in_all() -> None:
+    import asyncio
+
+    from chat_server.routes.documents import UploadSlots
+    from embed_server.errors import RateLimited
+
+    async def run() -> None:
+        slots = UploadSlots(total=2)
+        async with slots.slot("alice"):
+            with pytest.raises(RateLimited):
+                async with slots.slot("alice"):
+                    pass
+            async with slots.slot("bob"):
+                with pytest.raises(RateLimited):  # two under way: a third caller waits
+                    async with slots.slot("carol"):
+                        pass
+        async with slots.slot("alice"):  # a finished upload frees its slot
+            pass
+        slots.pool.shutdown()
+
+    asyncio.run(run())
