@@ -3,10 +3,14 @@
 Documents are embedded with ``input_type: document`` and queries with ``input_type: query``; each
 query is then searched by exact cosine over all documents and through a real Chroma server (cosine
 HNSW, as Open WebUI's collections are). Prints nDCG@10 and recall@100 per data set and model, with
-the vector size and the documents embedded per second.
+the vector size and the documents embedded per second. ``--halfvec`` adds the exact figures with every
+vector rounded to float16, as pgvector's ``halfvec`` columns store them.
+
+``--split held-out`` judges on the queries no weight was tuned on: ``qrels/eval.tsv`` where the data
+set has one (KorQuAD), else ``qrels/test.tsv`` (SciFact); bench/tune_hybrid.py tunes on the others.
 
     python bench/retrieval.py --data ../shared/eval/scifact --model all-MiniLM-L6-v2 \
-        --model all-MiniLM-L6-v2-hybrid [--json]
+        --model all-MiniLM-L6-v2-hybrid [--split held-out] [--halfvec] [--json]
 
 Backends: ``--backend torch --backend onnx-int8`` serves the transformer models of config/models.toml
 with each runtime in turn (a server per backend and data set), so their nDCG@10 stand side by side.
@@ -66,10 +70,21 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
+HELD_OUT = "held-out"
+
+
+def qrels_file(folder: Path, split: str) -> Path:
+    """``qrels/<split>.tsv``; ``held-out``: eval.tsv where a data set has a tuning/eval split, else test.tsv."""
+    if split == HELD_OUT:
+        split = "eval" if (folder / "qrels" / "eval.tsv").is_file() else "test"
+    return folder / "qrels" / f"{split}.tsv"
+
+
 def load(folder: Path, max_queries: int | None, split: str = "test") -> DataSet:
     corpus = _jsonl(folder / "corpus.jsonl")
     qrels: dict[str, dict[str, int]] = {}
-    for line in list((folder / "qrels" / f"{split}.tsv").open())[1:]:
+    path = qrels_file(folder, split)
+    for line in list(path.open())[1:]:
         query, doc, score = line.rstrip("\n").split("\t")
         if int(score) > 0:
             qrels.setdefault(query, {})[doc] = int(score)
@@ -81,7 +96,7 @@ def load(folder: Path, max_queries: int | None, split: str = "test") -> DataSet:
         raise EmptyDataSet(f"{folder}: {len(kept)} non-blank documents and {len(queries)} non-blank judged queries")
     asked = {q["_id"] for q in queries}
     return DataSet(
-        folder.name, list(kept), list(kept.values()),
+        f"{folder.name} ({path.stem})", list(kept), list(kept.values()),
         [q["_id"] for q in queries], [q["text"] for q in queries], qrels,
         skipped_documents=len(texts) - len(kept),
         skipped_queries=len(judged) - len([q for q in judged if (q.get("text") or "").strip()]),
@@ -168,7 +183,7 @@ def models_file(backend: str) -> Iterator[dict[str, str]]:
         yield {"EMBED_MODELS_FILE": str(path)}
 
 
-def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str) -> dict:
+def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str, halfvec: bool = False) -> dict:
     started = time.perf_counter()
     docs = asyncio.run(embed_all(url, model, data.docs, "document"))
     docs_per_s = len(data.docs) / (time.perf_counter() - started)
@@ -178,6 +193,11 @@ def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str
               "dim": int(docs.shape[1]), "docs_per_s": round(docs_per_s, 1), "queries": len(data.queries),
               "documents": len(data.docs), "skipped_documents": data.skipped_documents,
               "skipped_queries": data.skipped_queries, "unreachable_relevant": data.unreachable_relevant}
+    if halfvec:
+        # pgvector's halfvec keeps float16 for the stored vectors and casts the query the same way.
+        h_ndcg, h_recall = metrics(exact_rankings(*(v.astype(np.float16).astype(np.float32) for v in (queries, docs))),
+                                   data)
+        result |= {"fp16_ndcg@10": round(h_ndcg, 4), "fp16_recall@100": round(h_recall, 4)}
     if chroma is not None:
         c_ndcg, c_recall = metrics(chroma_rankings(chroma, f"bench-{abs(hash(model)) % 10**8}", queries, docs), data)
         result |= {"chroma_ndcg@10": round(c_ndcg, 4), "chroma_recall@100": round(c_recall, 4)}
@@ -185,13 +205,16 @@ def evaluate(url: str, chroma: tuple[str, int] | None, data: DataSet, model: str
 
 
 def print_table(results: list[dict]) -> None:
-    print("| data | split | model | backend | nDCG@10 | recall@100 | nDCG@10 (Chroma) | recall@100 (Chroma) | dim "
-          "| docs/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    halfvec = any("fp16_ndcg@10" in r for r in results)
+    print("| data | split | model | backend | nDCG@10 | recall@100 | nDCG@10 (Chroma) | recall@100 (Chroma) | "
+          + ("nDCG@10 (fp16) | recall@100 (fp16) | " if halfvec else "") + "dim | docs/s |")
+    print("| --- " * (12 if halfvec else 10) + "|")
     for r in results:
+        fp16 = (f"{r.get('fp16_ndcg@10', float('nan')):.3f} | {r.get('fp16_recall@100', float('nan')):.3f} | "
+                if halfvec else "")
         print(f"| {r['data']} | {r['split']} | {r['model']} | {r['backend']} | {r['ndcg@10']:.4f} | {r['recall@100']:.3f} | "
               f"{r.get('chroma_ndcg@10', float('nan')):.3f} | {r.get('chroma_recall@100', float('nan')):.3f} | "
-              f"{r['dim']} | {r['docs_per_s']:.1f} |")
+              f"{fp16}{r['dim']} | {r['docs_per_s']:.1f} |")
     for data in dict.fromkeys(r["data"] for r in results):
         r = next(r for r in results if r["data"] == data)
         if r["skipped_documents"] or r["skipped_queries"]:
@@ -205,7 +228,11 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="a served model id")
     parser.add_argument("--url", help="a running server (default: start one per data set, with fresh state)")
     parser.add_argument("--max-queries", type=int, help="use only the first N judged queries")
-    parser.add_argument("--split", default="test", help="the qrels file to judge by: qrels/<split>.tsv")
+    parser.add_argument("--split", default="test", help="the qrels file to judge by: test (default), train, "
+                        f"tune, eval, or {HELD_OUT} (eval where a data set has it, else test)")
+    parser.add_argument("--halfvec", action="store_true", help="also rank vectors rounded to float16 (pgvector halfvec)")
+    parser.add_argument("--keep-cache", action="store_true", help="leave the server's embedding cache on: "
+                        "models sharing a dense model embed each text once (documents/s then counts cache hits)")
     parser.add_argument("--backend", action="append", choices=list(BACKENDS),
                         help="serve the transformer models with this runtime (repeatable; default torch)")
     parser.add_argument("--no-chroma", action="store_true", help="exact cosine only")
@@ -221,12 +248,14 @@ def main() -> None:
             data = load(folder, args.max_queries, args.split)
             for backend in backends:
                 # A fresh server per data set: the hybrid models learn IDF from the documents they embed.
-                # No cache: documents/s must count real forward passes, not repeats across models.
+                # No cache by default: documents/s must count real forward passes, not repeats across models.
+                cache = {} if args.keep_cache else {"EMBED_CACHE_SIZE": "0"}
                 with models_file(backend) as settings, \
-                        (nullcontext(args.url) if args.url else embed_server(EMBED_CACHE_SIZE="0", **settings)) as url:
+                        (nullcontext(args.url) if args.url else embed_server(**cache, **settings)) as url:
                     for model in args.model:
                         label = "--url" if args.url else backend
-                        results.append(evaluate(url, chroma, data, model) | {"backend": label, "split": args.split})
+                        results.append(evaluate(url, chroma, data, model, args.halfvec)
+                                       | {"backend": label, "split": args.split})
                         print(f"# {results[-1]}", file=sys.stderr, flush=True)
     print_table(results)
     if args.json:

