@@ -181,7 +181,6 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
     args = parser.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
-    dense_dim = 0
 
     with (nullcontext(args.url) if args.url else embed_server()) as url:
         corpora = [load_corpus(args.eval_dir / folder, t, h, url, args.dense, args.cache) for folder, t, h in DATA]
