@@ -8,7 +8,7 @@ limit, itself. Every other path is judged exactly as by ``AccessGate``.
 
 from __future__ import annotations
 
-from embed_server.auth import AccessGate, FailedAttempts, KeyGuard, bearer_token, key_identity
+from embed_server.auth import AccessGate, FailedAttempts, KeyGuard, bearer_token, key_identity, under
 from embed_server.errors import APIError, AuthenticationFailed, RateLimited
 
 # Routes that generate text or upload files: the costly ones, limited per credential by chat_rate_limit.
@@ -16,10 +16,6 @@ CHAT_ROUTES = ("/v1/chat/completions", "/api/chat", "/api/documents")
 # The direct API's routes that answer only what the caller may read: a Bearer credential is required here.
 DIRECT_ROUTES = ("/api/chat", "/api/documents", "/api/knowledge")
 CHAT_SOCKET = "/api/chat/ws"
-
-
-def _under(path: str, routes: tuple[str, ...]) -> bool:
-    return any(path == route or path.startswith(route + "/") for route in routes)
 
 
 class ChatGate(AccessGate):
@@ -32,7 +28,7 @@ class ChatGate(AccessGate):
         if path == CHAT_SOCKET:  # exactly this path: it authenticates every connection itself
             return None
         refusal = super().refusal(path, authorization, client_host)
-        if refusal is not None or not _under(path, CHAT_ROUTES):
+        if refusal is not None or not under(path, CHAT_ROUTES):
             return refusal
         try:
             self.chat_keys.count(key_identity(bearer_token(authorization)))

@@ -36,7 +36,7 @@ from embed_server.errors import APIError, AuthenticationFailed, InvalidRequest, 
 from vector_bridge.access import KnowledgeBase
 
 log = logging.getLogger(__name__)
-AUTH_WAIT_SECONDS = 30.0  # a socket that never authenticates holds a connection: not for long
+AUTH_WAIT_SECONDS = 10.0  # a socket that never authenticates holds a connection: not for long
 
 
 class _Closed(Exception):
@@ -114,9 +114,9 @@ class ChatSocket:
                 message = {key: value for key, value in message.items() if key != "type"}
             elif isinstance(message, dict):
                 raise InvalidRequest(f"Unknown message type '{str(message.get('type'))[:40]}'.", param="type")
-            question = parse_question(message)
             chat_keys: KeyGuard = self.app.state.chat_keys
-            chat_keys.count(key_identity(self.token))
+            chat_keys.count(key_identity(self.token))  # before parsing: malformed questions count too
+            question = parse_question(message)
             bases = choose(await self._readable(), question.knowledge)
             answer = await ask(self.app.state.answering, bases, question)
         except APIError as error:

@@ -35,13 +35,15 @@ class Access(Enum):
     USER = "user"
 
 
-def access_for(path: str, keyed: tuple[str, ...] = KEYED_ROUTES, user: tuple[str, ...] = USER_ROUTES) -> Access:
-    def under(routes: tuple[str, ...]) -> bool:
-        return any(path == route or path.startswith(route + "/") for route in routes)
+def under(path: str, routes: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``routes`` or below one of them."""
+    return any(path == route or path.startswith(route + "/") for route in routes)
 
-    if under(keyed):
+
+def access_for(path: str, keyed: tuple[str, ...] = KEYED_ROUTES, user: tuple[str, ...] = USER_ROUTES) -> Access:
+    if under(path, keyed):
         return Access.KEY
-    if under(user):
+    if under(path, user):
         return Access.USER
     return Access.OPEN
 
