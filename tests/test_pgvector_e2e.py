@@ -151,8 +151,29 @@ def test_search_backup_and_doctor_read_the_pgvector_store(settings: Settings, up
     with psycopg.connect(pgvector_url(settings)) as connection:
         stored = connection.execute("SELECT count(DISTINCT collection_name), count(*) FROM document_chunk").fetchone()
     assert (saved["collections"], saved["chunks"]) == stored
-    assert main(["restore", str(backup), "--json"]) == 2  # not on pgvector yet: refused, nothing written
-    assert "Chroma store only" in capsys.readouterr().err
+
+    # A lost file and an edited chunk, then the backup put back: Open WebUI finds everything again.
+    knowledge = uploaded["knowledge"]
+    with psycopg.connect(pgvector_url(settings)) as connection:
+        connection.execute("DELETE FROM document_chunk WHERE collection_name = %s AND vmetadata->>'name' = %s",
+                           (knowledge, "markitdown_README.md"))
+        connection.execute("UPDATE document_chunk SET text = 'damaged' WHERE collection_name = %s", (knowledge,))
+    assert ask(uploaded, next(iter(QUESTIONS)))[0] != "markitdown_README.md"
+    assert main(["restore", str(backup), "--json"]) == 1  # the collections hold data: nothing is replaced
+    assert "--replace" in capsys.readouterr().err
+    assert main(["restore", str(backup), "--replace", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chunks"] == saved["chunks"]
+    for question, name in QUESTIONS.items():
+        assert ask(uploaded, question)[0] == name
+
+    # A chunk of a file the Knowledge base does not list (an upload that died half way): repair removes it.
+    with psycopg.connect(pgvector_url(settings)) as connection:
+        connection.execute("INSERT INTO document_chunk (id, vector, collection_name, text, vmetadata) "
+                           "SELECT 'stray-chunk', vector, collection_name, 'stray', vmetadata || '{\"file_id\": \"gone\"}' "
+                           "FROM document_chunk WHERE collection_name = %s LIMIT 1", (knowledge,))
+    assert main(["repair", "--knowledge", "Team documents", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed_chunks"] == 1
+    assert "stray-chunk" not in [row[0] for row in chunks(settings, knowledge)]
 
 
 def test_a_restart_of_everything_keeps_every_chunk(settings: Settings, services: list[Service], uploaded: dict) -> None:

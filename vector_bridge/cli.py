@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
 
-    if settings.store == "pgvector" and (args.command in ("restore", "repair")
-                                         or (args.command == "migrate" and not args.to_store)):
+    if settings.store == "pgvector" and args.command == "migrate" and not args.to_store:
         print(f"vector-bridge: {args.command} works on the Chroma store only so far; on pgvector, search, "
               "backup, doctor and the chat server read the store, and Open WebUI writes it", file=sys.stderr)
         return 2

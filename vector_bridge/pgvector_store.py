@@ -32,6 +32,14 @@ class PgvectorError(StoreError):
     pass
 
 
+class DoesNotFit(PgvectorError):
+    """Vectors longer than the table's fixed length: Open WebUI would cut them, so they are refused."""
+
+
+class IdTaken(PgvectorError):
+    """A chunk id another collection already uses: ids are a primary key across the whole table."""
+
+
 @dataclass(frozen=True)
 class Table:
     dimension: int
@@ -132,30 +140,40 @@ class PgvectorStore:
         return dict(rows)
 
     def write(self, collection: str, chunks: list[Chunk], table: Table) -> None:
-        """Insert or replace ``chunks`` in one transaction: all of them or none."""
-        from psycopg.types.json import Jsonb
-
-        ids = [chunk.id for chunk in chunks]
+        """Insert or replace ``chunks`` in one transaction, recorded as a move's: all of them or none."""
         with self._db.transaction():
-            taken = self._db.execute(f"SELECT id, collection_name FROM {TABLE} WHERE id = ANY(%s) "
-                                     "AND collection_name <> %s LIMIT 1", (ids, collection)).fetchone()
-            if taken is not None:
-                raise PgvectorError(f"chunk id {taken[0]} of {collection} is already used by {taken[1]}: ids are "
-                                    "unique across pgvector's one table")
+            self.upsert(collection, chunks, table)
+            # The record of what was written commits with the rows themselves.
             with self._db.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO {TABLE} (id, vector, collection_name, text, vmetadata) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (id) DO UPDATE SET vector = EXCLUDED.vector, text = EXCLUDED.text, "
-                    "vmetadata = EXCLUDED.vmetadata",
-                    [(chunk.id, vector_literal(chunk.vector, table.dimension), collection, chunk.text,
-                      Jsonb(chunk.metadata)) for chunk in chunks])
-                # The record of what was written commits with the rows themselves.
                 cursor.executemany(
                     f"INSERT INTO {MOVES} (id, collection_name, fingerprint) VALUES (%s, %s, %s) "
                     "ON CONFLICT (id) DO UPDATE SET collection_name = EXCLUDED.collection_name, "
                     "fingerprint = EXCLUDED.fingerprint",
                     [(chunk.id, collection, chunk_fingerprint(chunk.text, chunk.metadata, as_stored(chunk.vector, table)))
                      for chunk in chunks])
+
+    def upsert(self, collection: str, chunks: list[Chunk], table: Table) -> None:
+        """Insert or replace ``chunks`` inside the caller's transaction (one of its own when there is none)."""
+        from psycopg.types.json import Jsonb
+
+        too_long = next((chunk for chunk in chunks if len(trimmed(chunk.vector)) > table.dimension), None)
+        if too_long is not None:
+            raise DoesNotFit(f"chunk {too_long.id} of {collection} has a {len(trimmed(too_long.vector))}-dimension "
+                             f"vector; {TABLE} holds {table.dimension}, and Open WebUI would cut it")
+        ids = [chunk.id for chunk in chunks]
+        with self._db.transaction():
+            taken = self._db.execute(f"SELECT id, collection_name FROM {TABLE} WHERE id = ANY(%s) "
+                                     "AND collection_name <> %s LIMIT 1", (ids, collection)).fetchone()
+            if taken is not None:
+                raise IdTaken(f"chunk id {taken[0]} of {collection} is already used by {taken[1]}: ids are "
+                              "unique across pgvector's one table")
+            with self._db.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO {TABLE} (id, vector, collection_name, text, vmetadata) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET vector = EXCLUDED.vector, text = EXCLUDED.text, "
+                    "vmetadata = EXCLUDED.vmetadata",
+                    [(chunk.id, vector_literal(chunk.vector, table.dimension), collection, without_nul(chunk.text),
+                      Jsonb(without_nul(chunk.metadata))) for chunk in chunks])
 
     def delete(self, collection: str, ids: list[str]) -> None:
         with self._db.transaction():
@@ -178,11 +196,16 @@ def chunk_fingerprint(text: str | None, metadata: dict[str, Any] | None, vector:
     with the same model and metadata (a changed prefix, say) still counts as changed."""
     import hashlib
 
-    values = np.asarray(vector, dtype=np.float32)
-    nonzero = np.flatnonzero(values)
-    values = values[: nonzero[-1] + 1] if len(nonzero) else values[:0]
+    values = trimmed(vector)
     blob = json.dumps([without_nul(text or ""), metadata or {}], sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode() + values.tobytes()).hexdigest()
+
+
+def trimmed(vector: np.ndarray) -> np.ndarray:
+    """The vector without the zeros pgvector's fixed length padded it with."""
+    values = np.asarray(vector, dtype=np.float32)
+    nonzero = np.flatnonzero(values)
+    return values[: nonzero[-1] + 1] if len(nonzero) else values[:0]
 
 
 def as_stored(vector: np.ndarray, table: Table) -> np.ndarray:
@@ -216,12 +239,14 @@ def parse_vector(text: str) -> np.ndarray:
 
 
 class NotOnPgvector(PgvectorError):
-    """A write the tools make on Chroma (renames, re-embedding in place, restore) that pgvector lacks so far."""
+    """A Chroma operation with no pgvector counterpart (renames, empty collections): the tools that need one
+    take another way on pgvector."""
 
 
 class PgvectorClient:
     """The part of chromadb's client API that search, the chat server, doctor and backup read with, over
-    Open WebUI's pgvector table: each ``collection_name`` is a collection. Writes raise NotOnPgvector."""
+    Open WebUI's pgvector table: each ``collection_name`` is a collection. Chunks are written with upsert and
+    delete; what has no pgvector counterpart (renames, empty collections) raises NotOnPgvector."""
 
     def __init__(self, url: str) -> None:
         self.store = PgvectorStore(url)
@@ -252,6 +277,10 @@ class PgvectorClient:
     def table(self) -> Table | None:
         return self._table
 
+    def refresh_table(self) -> None:
+        """Read the table's shape again: after it was created, by Open WebUI or by us."""
+        self._table = self.store.table()
+
     def list_collections(self) -> list[PgvectorCollection]:
         if self._table is None:
             return []
@@ -270,7 +299,7 @@ class PgvectorClient:
 
     def __getattr__(self, operation: str) -> Any:
         if operation in ("create_collection", "get_or_create_collection", "delete_collection"):
-            raise NotOnPgvector(f"{operation} is not available on pgvector yet")
+            raise NotOnPgvector(f"{operation}: pgvector has no empty collections; a collection is its chunks")
         raise AttributeError(operation)
 
 
@@ -335,7 +364,25 @@ class PgvectorCollection:
             answer["distances"].append([float(row[3]) for row in rows])
         return answer
 
+    def upsert(self, ids: list[str], embeddings: Any, documents: list[str] | None = None,
+               metadatas: list[dict[str, Any] | None] | None = None) -> None:
+        """Chroma's upsert, in one transaction: ids another collection holds are refused (IdTaken)."""
+        table = self._client.table
+        if table is None:
+            raise PgvectorError(f"{TABLE} does not exist yet: nothing can be written before Open WebUI creates it")
+        documents = documents if documents is not None else [""] * len(ids)
+        metadatas = metadatas if metadatas is not None else [None] * len(ids)
+        self._client.store.upsert(self.name, [
+            Chunk(chunk_id, document or "", np.asarray(vector, dtype=np.float32), dict(metadata or {}))
+            for chunk_id, vector, document, metadata in zip(ids, embeddings, documents, metadatas)], table)
+
+    def delete(self, ids: list[str]) -> None:
+        """These chunks of this collection, in one transaction. A move's record of them stays, so a later
+        ``migrate --to-store`` run does not bring back what was deleted here."""
+        with self._db.transaction():
+            self._db.execute(f"DELETE FROM {TABLE} WHERE collection_name = %s AND id = ANY(%s)", (self.name, list(ids)))
+
     def __getattr__(self, operation: str) -> Any:
-        if operation in ("add", "upsert", "update", "delete", "modify"):
-            raise NotOnPgvector(f"{operation} on a collection is not available on pgvector yet")
+        if operation in ("add", "update", "modify"):
+            raise NotOnPgvector(f"{operation} on a collection is not available on pgvector")
         raise AttributeError(operation)

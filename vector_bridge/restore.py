@@ -107,6 +107,12 @@ def _swap(store: _Store, building: Collection, name: str) -> None:
 
 def restore(client: ClientAPI, path: Path, *, replace: bool = False, progress: bool = True) -> Summary:
     """Recreate every collection of the backup. Existing non-empty collections are kept unless ``replace``."""
+    from vector_bridge.pgvector_store import PgvectorClient
+
+    if isinstance(client, PgvectorClient):
+        from vector_bridge.pgvector_restore import restore_into_pgvector
+
+        return restore_into_pgvector(client, path, replace=replace, progress=progress)
     started = time.perf_counter()
     contents = read_contents(path)
     store = _Store(client)
