@@ -17,10 +17,12 @@ from vector_bridge.doctor import diagnose, gather
 from vector_bridge.doctor import report as doctor_report
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
 from vector_bridge.ingest import IngestError, ingest
+from vector_bridge.cutover import CutoverError
 from vector_bridge.migrate import MigrationError, migrate_store, roll_back
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import (StoreDoesNotFit, CHAT_CONNECTION_NOTE, chat_connection_environment,
                                         openwebui_environment, render_env_file)
+from vector_bridge.pgvector_migrate import migrate_pgvector, roll_back_pgvector
 from vector_bridge.repair import remove_unlinked_chunks
 from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_model, knowledge_collection,
                                   nearest_chunks, open_collection)
@@ -126,11 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vector-bridge: invalid settings: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-
-    if settings.store == "pgvector" and args.command == "migrate" and not args.to_store:
-        print(f"vector-bridge: {args.command} works on the Chroma store only so far; on pgvector, search, "
-              "backup, doctor and the chat server read the store, and Open WebUI writes it", file=sys.stderr)
-        return 2
 
     if args.command == "up":
         return run_stack(settings, config_file=args.config, with_openwebui=args.with_openwebui,
@@ -330,13 +327,16 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         # Chunks that record no model were embedded with the model Open WebUI uses now.
         default_model = webui.embedding_config()["RAG_EMBEDDING_MODEL"] if webui else settings.models[0].id
         switch = (lambda model: webui.apply_embedding_config(settings, model)) if webui else None
+        on_pgvector = settings.store == "pgvector"
         if args.rollback:
-            result = roll_back(client, embeddings, args.rollback, switch=switch, batch=args.batch, progress=progress)
+            roll = roll_back_pgvector if on_pgvector else roll_back
+            result = roll(client, embeddings, args.rollback, switch=switch, batch=args.batch, progress=progress)
         else:
             embeddings.embed(args.to, ["model check"], "document")  # refuse an unserved model before any work
-            result = migrate_store(client, embeddings, args.to, default_model=default_model, switch=switch,
-                                   only=args.collection, batch=args.batch, drop_old=args.drop_old, progress=progress)
-    except (MigrationError, StoreError, EmbeddingsError, OpenWebUIError, httpx.HTTPError) as error:
+            move = migrate_pgvector if on_pgvector else migrate_store
+            result = move(client, embeddings, args.to, default_model=default_model, switch=switch,
+                          only=args.collection, batch=args.batch, drop_old=args.drop_old, progress=progress)
+    except (MigrationError, CutoverError, StoreError, EmbeddingsError, OpenWebUIError, httpx.HTTPError) as error:
         print(f"vector-bridge: {error}", file=sys.stderr)
         return 1
     finally:

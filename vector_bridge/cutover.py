@@ -71,7 +71,7 @@ def swap_all(client: ClientAPI, embeddings: EmbeddingsClient, swaps: list[Swap],
         with ThreadPoolExecutor(max_workers=RENAME_THREADS) as pool:
             list(pool.map(lambda pair: _rename_pair(client, embeddings, *pair), pairs))
         renamed = time.perf_counter()
-        _switch_with_retries(switch)
+        switch_with_retries(switch)
         switched = time.perf_counter()
     finally:
         # Whatever happened in the window, what Open WebUI wrote meanwhile is brought over.
@@ -82,7 +82,7 @@ def swap_all(client: ClientAPI, embeddings: EmbeddingsClient, swaps: list[Swap],
                    round(switched - renamed, 4), caught_up, settled, started_at)
 
 
-def _switch_with_retries(switch: Callable[[], None]) -> None:
+def switch_with_retries(switch: Callable[[], None]) -> None:
     for attempt in range(SWITCH_TRIES):
         try:
             switch()

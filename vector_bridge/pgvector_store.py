@@ -58,6 +58,7 @@ class PgvectorStore:
     def __init__(self, url: str) -> None:
         import psycopg
 
+        self.url = url  # holds a password: kept for a second connection, never shown
         try:
             # Never prepared on the server: after five runs psycopg 3 would, and PostgreSQL may then pick a
             # generic plan that skips the HNSW index and compares every chunk (bench/store.py measured 63 ms
