@@ -9,12 +9,12 @@ no collections to rename and ids are unique across its one table, but it has tra
              resumes where it stopped.
 2. catch up  the side rows are brought to exactly the live chunks again (what Open WebUI added, changed or
              deleted during the build), until a pass finds nothing new.
-3. cut over  one transaction holds Open WebUI's writes to the table (its reads go on), catches up a last
-             time, keeps the old vectors in the side table under their model, and gives every migrated chunk
-             M's vector and metadata; then Open WebUI is switched to M. A run killed before the commit
-             changed nothing; one killed after it switches Open WebUI when run again.
-4. settle    chunks Open WebUI wrote with its old model between the commit and its switch are embedded
-             again with M, in place.
+3. cut over  a last catch-up, then one transaction keeps the old vectors in the side table under their
+             model and gives every migrated chunk M's vector and metadata; Open WebUI reads the old vectors
+             until the commit and the new ones after it, and is switched to M right then. A run killed
+             before the commit changed nothing; one killed after it switches Open WebUI when run again.
+4. settle    chunks Open WebUI wrote with its old model since the last catch-up (during the transaction, or
+             between the commit and its switch) are embedded again with M, in place.
 
 ``--rollback M`` is the same move towards the models the kept vectors hold (only chunks written since are
 embedded), and ``--drop-old`` deletes the kept vectors. M's vectors must fit the table's fixed length.
@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vector_bridge.cutover import Cutover, CutoverError, switch_with_retries
+from vector_bridge.cutover import Cutover, switch_with_retries
 from vector_bridge.embeddings import EmbeddingsClient
 from vector_bridge.migrate import CATCH_UP_PASSES, Migration, MigrationError, StoreMigration
 from vector_bridge.pgvector_store import TABLE, PgvectorClient, PgvectorCollection, Table, vector_literal
@@ -184,47 +184,37 @@ def roll_back_pgvector(client: PgvectorClient, embeddings: EmbeddingsClient, mod
 
 def _cut_over(client: PgvectorClient, embeddings: EmbeddingsClient, model: str, pending: dict[str, str],
               switch: Callable[[], None], batch: int) -> Cutover:
-    """One transaction for every collection, then Open WebUI's switch, then what it wrote in between."""
-    import psycopg
+    """One transaction for every collection, then Open WebUI's switch, then what it wrote in between.
 
+    No table lock: Open WebUI keeps reading (the old vectors, until the commit) and writing. A chunk takes
+    its new vector only where its text and metadata are still those the vector was made from, so a chunk
+    Open WebUI wrote or changed after the last catch-up keeps its old-model vector and record until it is
+    settled, right after the switch."""
+    caught_up = sum(sync_copy(PgvectorCollection(client, name), SideCopy(client, name, model), embeddings, model,
+                              batch=batch).embedded for name in pending)
+    db, names = client.store._db, sorted(pending)
     started, started_at = time.perf_counter(), time.time()
-    caught_up = 0
-    names = sorted(pending)
-    # A second connection holds the lock and makes the change; the catch-up reads and writes through the
-    # first, which the lock lets read the table (only writes wait).
-    with psycopg.connect(client.store.url, connect_timeout=10, prepare_threshold=None) as cutting:
-        with cutting.transaction():
-            cutting.execute(f"LOCK TABLE {TABLE} IN EXCLUSIVE MODE")
-            locked = time.perf_counter()
-            for name in names:
-                caught_up += sync_copy(PgvectorCollection(client, name), SideCopy(client, name, model), embeddings,
-                                       model, batch=batch).embedded
-            for name in names:  # the old vectors, kept for a rollback under the model they came from
-                cutting.execute(
-                    f"INSERT INTO {SIDE} (model, id, collection_name, text, vmetadata, vector) "
-                    f"SELECT %s, id, collection_name, text, vmetadata, vector FROM {TABLE} WHERE collection_name = %s "
-                    "ON CONFLICT (model, id) DO UPDATE SET collection_name = EXCLUDED.collection_name, "
-                    "text = EXCLUDED.text, vmetadata = EXCLUDED.vmetadata, vector = EXCLUDED.vector",
-                    (pending[name], name))
-            cutting.execute(
-                f"UPDATE {TABLE} AS live SET vector = side.vector, vmetadata = side.vmetadata FROM {SIDE} AS side "
-                "WHERE side.model = %s AND side.id = live.id AND side.collection_name = live.collection_name "
-                "AND live.collection_name = ANY(%s)", (model, names))
-            left = cutting.execute(
-                f"SELECT count(*) FROM {TABLE} AS live WHERE live.collection_name = ANY(%s) AND NOT EXISTS "
-                f"(SELECT 1 FROM {SIDE} AS side WHERE side.model = %s AND side.id = live.id "
-                "AND side.collection_name = live.collection_name)", (names, model)).fetchone()[0]
-            if left:  # raising here rolls everything back: the store is as it was
-                raise CutoverError(f"{left} chunks have no {model} vector at the cutover; nothing was changed, "
-                                   "run the same command again")
-        committed = time.perf_counter()
+    with db.transaction():
+        for name in names:  # the old vectors, kept for a rollback under the model they came from
+            db.execute(
+                f"INSERT INTO {SIDE} (model, id, collection_name, text, vmetadata, vector) "
+                f"SELECT %s, id, collection_name, text, vmetadata, vector FROM {TABLE} WHERE collection_name = %s "
+                "ON CONFLICT (model, id) DO UPDATE SET collection_name = EXCLUDED.collection_name, "
+                "text = EXCLUDED.text, vmetadata = EXCLUDED.vmetadata, vector = EXCLUDED.vector",
+                (pending[name], name))
+        db.execute(
+            f"UPDATE {TABLE} AS live SET vector = side.vector, vmetadata = side.vmetadata FROM {SIDE} AS side "
+            "WHERE side.model = %s AND side.id = live.id AND side.collection_name = live.collection_name "
+            "AND live.collection_name = ANY(%s) AND live.text IS NOT DISTINCT FROM side.text "
+            "AND live.vmetadata - 'embedding_config' = side.vmetadata - 'embedding_config'", (model, names))
+    committed = time.perf_counter()
     switch_with_retries(switch)
     switched = time.perf_counter()
     settled = _settle(client, embeddings, model, names, batch)
-    with client.store._db.transaction():  # M's copies are live now: the side table keeps only old vectors
-        client.store._db.execute(f"DELETE FROM {SIDE} WHERE model = %s AND collection_name = ANY(%s)", (model, names))
-    return Cutover(len(names), round(switched - committed, 4), round(committed - locked, 4),
-                   round(switched - committed, 4), caught_up, settled, started_at + (locked - started))
+    with db.transaction():  # M's copies are live now: the side table keeps only old vectors
+        db.execute(f"DELETE FROM {SIDE} WHERE model = %s AND collection_name = ANY(%s)", (model, names))
+    return Cutover(len(names), round(switched - committed, 4), round(committed - started, 4),
+                   round(switched - committed, 4), caught_up, settled, started_at)
 
 
 def _settle(client: PgvectorClient, embeddings: EmbeddingsClient, model: str, names: list[str], batch: int) -> int:
