@@ -240,9 +240,9 @@ class Settings(BaseSettings):
     redis_cache: bool = Field(default=True, description="With redis_url: a shared embedding cache behind the "
                               "in-process one (vectors keyed by a hash of model, input type and text).")
     redis_cache_key: SecretStr | None = Field(default=None, description="The secret the shared cache's keys "
-                                              "are an HMAC with (16+ characters), so that reading Redis does not tell "
-                                              "which texts were embedded. Every replica needs the same one to share "
-                                              "entries; none: a key generated in state_dir, known to this replica only.")
+                                              "are an HMAC with (16+ characters), so that reading Redis does not "
+                                              "tell which texts were embedded. Every replica needs the same one to "
+                                              "share entries; none: a key generated in state_dir, this replica's own.")
     redis_cache_key_file: Path | None = Field(default=None, description="A file holding redis_cache_key, e.g. a "
                                               "Docker or Kubernetes secret.")
     redis_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="How long a shared cache "

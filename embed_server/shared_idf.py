@@ -239,8 +239,9 @@ class SharedDocumentFrequencies:
             await asyncio.to_thread(self._save_snapshot)
 
     async def _version(self) -> Version | None:
-        epoch, generation, seed_epoch, seed_generation = await self.link.call("idf_version", lambda client: client.hmget(
-            self.keys[2], "epoch", "generation", "seed_epoch", "seed_generation"))
+        fields = ("epoch", "generation", "seed_epoch", "seed_generation")
+        epoch, generation, seed_epoch, seed_generation = await self.link.call(
+            "idf_version", lambda client: client.hmget(self.keys[2], *fields))
         if epoch is None:
             return None
         # States made before seeds were recorded have none: no snapshot can improve them.
