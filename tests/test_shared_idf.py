@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from redis.crc import key_slot
 
+from embed_server import shared_idf
 from embed_server.backends.lexical import DocumentFrequencies, HashedLexicalEncoder, bm25_idf
 from embed_server.metrics import Metrics
 from embed_server.redis_link import RedisLink
@@ -180,9 +182,10 @@ def alone(texts: list[str]) -> DocumentFrequencies:
     return frequencies
 
 
-def test_documents_embedded_again_after_redis_lost_its_data_count_once(redis_server: RedisServer,
-                                                                        tmp_path: Path) -> None:
+def test_documents_embedded_again_after_redis_lost_its_data_count_once(redis_server: RedisServer, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     p = prefix()
+    monkeypatch.setattr(shared_idf, "_MARK_PIECE", 4)  # several pieces per replica, as with many documents
 
     async def run() -> None:
         a, b = Replica(redis_server.url, tmp_path / "a", p), Replica(redis_server.url, tmp_path / "b", p)
