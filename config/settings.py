@@ -28,6 +28,7 @@ DEFAULT_MODELS_FILE = Path(__file__).with_name("models.toml")
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 Precision = Literal["fp32", "fp16", "bf16"]
 CONFIG_FILE_ENV = "EMBED_CONFIG"
+MIN_CACHE_KEY_CHARS = 16
 
 
 class ModelSpec(BaseModel):
@@ -238,6 +239,12 @@ class Settings(BaseSettings):
                               "several deployments can share one Redis.")
     redis_cache: bool = Field(default=True, description="With redis_url: a shared embedding cache behind the "
                               "in-process one (vectors keyed by a hash of model, input type and text).")
+    redis_cache_key: SecretStr | None = Field(default=None, description="The secret the shared cache's keys "
+                                              "are an HMAC with (16+ characters), so that reading Redis does not "
+                                              "tell which texts were embedded. Every replica needs the same one to "
+                                              "share entries; none: a key generated in state_dir, this replica's own.")
+    redis_cache_key_file: Path | None = Field(default=None, description="A file holding redis_cache_key, e.g. a "
+                                              "Docker or Kubernetes secret.")
     redis_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="How long a shared cache "
                                          "entry lives; Redis' own maxmemory (volatile-lru) bounds its size.")
     redis_timeout_seconds: float = Field(default=0.25, gt=0, description="Longest wait for one Redis call; "
@@ -298,6 +305,30 @@ class Settings(BaseSettings):
         if isinstance(url, str) and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")  # never echo it: it holds a password
         return value
+
+    @field_validator("redis_cache_key", mode="before")
+    @classmethod
+    def _cache_key_long_enough(cls, value: Any) -> Any:
+        key = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(key, str) and not key.strip():
+            return None  # compose passes ${EMBED_REDIS_CACHE_KEY:-}: empty means unset
+        if isinstance(key, str) and len(key.strip()) < MIN_CACHE_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_CACHE_KEY_CHARS} characters")  # never echo it
+        return value
+
+    @model_validator(mode="after")
+    def _cache_key_from_file(self) -> "Settings":
+        if self.redis_cache_key is None and self.redis_cache_key_file is not None:
+            try:
+                key = self.redis_cache_key_file.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ValueError(f"redis_cache_key_file {self.redis_cache_key_file} cannot be read: "
+                                 f"{error.strerror}") from None
+            if len(key) < MIN_CACHE_KEY_CHARS:
+                raise ValueError(f"redis_cache_key_file {self.redis_cache_key_file} must hold at least "
+                                 f"{MIN_CACHE_KEY_CHARS} characters")
+            self.redis_cache_key = SecretStr(key)
+        return self
 
     @model_validator(mode="after")
     def _keys_from_file(self) -> "Settings":

@@ -51,7 +51,7 @@ class Embedder:
         self.truncate = truncate
         self.token_ids = token_ids
         self.shared = shared  # Redis, behind the in-process cache: other replicas' vectors
-        self.fingerprint = model_fingerprint(spec, truncate=truncate, dimension=backend.dimension,
+        self.fingerprint = model_fingerprint(spec, backend.identity, truncate=truncate, dimension=backend.dimension,
                                              max_tokens=backend.max_tokens)
 
     @property

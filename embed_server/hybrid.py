@@ -75,6 +75,7 @@ class HybridEmbedder:
         if input_type == "query":
             idf = (self.shared or self.frequencies).idf()
             return np.stack([self.lexical.vector(s, idf) for s in slots]), slots
-        for text, s in zip(texts, slots):
-            self.frequencies.add(text, s)
+        if self.shared is None:  # else the shared counts add them to this replica's own, in step
+            for text, s in zip(texts, slots):
+                self.frequencies.add(text, s)
         return np.stack([self.lexical.vector(s) for s in slots]), slots

@@ -13,6 +13,7 @@ from embed_server.backends.device import Placement, place
 from embed_server.backends.lexical import DocumentFrequencies
 from embed_server.batcher import LengthSortedBatcher
 from embed_server.cache import EmbeddingCache
+from embed_server.cache_secret import CacheSecretError, cache_secret
 from embed_server.embedder import Embedder
 from embed_server.errors import InvalidRequest, ModelNotFound, NotReady
 from embed_server.hybrid import HybridEmbedder
@@ -53,8 +54,15 @@ class ModelRegistry:
             self.redis = RedisLink(settings.redis_url.get_secret_value(), metrics,
                                    timeout=settings.redis_timeout_seconds, retry_seconds=settings.redis_retry_seconds)
             if settings.redis_cache:
-                self.shared_cache = SharedEmbeddingCache(self.redis, metrics, settings.redis_prefix,
-                                                         settings.redis_cache_ttl_seconds)
+                try:
+                    secret = cache_secret(settings)
+                except CacheSecretError as error:
+                    # Only a speed-up: serve without it rather than not at all.
+                    log.error("the shared embedding cache is off", extra={"event": "redis_cache_off",
+                                                                          "error": str(error)})
+                else:
+                    self.shared_cache = SharedEmbeddingCache(self.redis, metrics, settings.redis_prefix,
+                                                             settings.redis_cache_ttl_seconds, secret)
         self._shared_idfs: list[SharedDocumentFrequencies] = []
         metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         metrics.cache_entries.set_function(lambda: len(self.cache))

@@ -1,13 +1,17 @@
 """The embedding cache every replica shares, in Redis, behind each replica's in-process cache.
 
-A key is a hash of everything that decides the vector (the model's settings, the input type, the
-exact text or token ids), never a text itself: keys are listed by anyone with access to Redis.
+A key is an HMAC, with a secret that never goes to Redis (embed_server.cache_secret), of everything
+that decides the vector: the model's settings, its weights and where and how it runs (runtime,
+device kind, precision, library version), the input type and the exact text or token ids. Never a
+text, nor a plain hash of one: keys are listed by anyone with access to Redis, and a plain hash
+would let them confirm a guess of what was embedded.
 A value is the token count and the float32 vector. Any Redis trouble is a miss: the model answers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import struct
@@ -22,7 +26,7 @@ from embed_server.redis_link import RedisLink, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
-_KEY_VERSION = b"embedding-v1"
+_KEY_VERSION = b"embedding-v2"  # v1: a plain hash
 _TOKENS = struct.Struct("<I")
 
 
@@ -30,10 +34,12 @@ class CorruptEntry(ValueError):
     """A cached value that is not a token count and a vector of the model's size."""
 
 
-def model_fingerprint(spec: ModelSpec, **vector_settings: object) -> bytes:
-    """A digest of a model's settings and of the server settings that change its vectors (truncation,
-    the backend's dimension and length limit): a changed model never reads another's entries."""
-    described = json.dumps({"spec": spec.model_dump(mode="json"), **vector_settings}, sort_keys=True, default=str)
+def model_fingerprint(spec: ModelSpec, identity: dict[str, str], **vector_settings: object) -> bytes:
+    """A digest of a model's settings, of its backend's identity (weights, runtime, device kind,
+    precision) and of the server settings that change its vectors (truncation, the backend's dimension
+    and length limit): a model that computes differently never reads another's entries."""
+    described = json.dumps({"spec": spec.model_dump(mode="json"), "backend": identity, **vector_settings},
+                           sort_keys=True, default=str)
     return hashlib.blake2b(described.encode("utf-8"), digest_size=16).digest()
 
 
@@ -42,17 +48,16 @@ def _field(tag: bytes, value: bytes) -> bytes:
     return tag + len(value).to_bytes(8, "little") + value
 
 
-def cache_key(prefix: str, fingerprint: bytes, input_type: str | None, item: str | Sequence[int]) -> str:
-    """The Redis key of one input's vector: ``<prefix>vec:<hex digest>``."""
+def cache_key(prefix: str, secret: bytes, fingerprint: bytes, input_type: str | None,
+              item: str | Sequence[int]) -> str:
+    """The Redis key of one input's vector: ``<prefix>vec:<hex HMAC-SHA256, 160 bits>``."""
     kind = b"none" if input_type is None else input_type.encode("utf-8")
     if isinstance(item, str):
         payload = _field(b"T", item.encode("utf-8"))
     else:
         payload = _field(b"I", np.asarray(item, dtype="<i8").tobytes())
-    digest = hashlib.blake2b(
-        _KEY_VERSION + _field(b"M", fingerprint) + _field(b"Y", kind) + payload, digest_size=20
-    ).hexdigest()
-    return f"{prefix}vec:{digest}"
+    message = _KEY_VERSION + _field(b"M", fingerprint) + _field(b"Y", kind) + payload
+    return f"{prefix}vec:{hmac.new(secret, message, hashlib.sha256).hexdigest()[:40]}"
 
 
 def encode_entry(entry: CachedEmbedding) -> bytes:
@@ -68,14 +73,18 @@ def decode_entry(data: bytes, dimension: int) -> CachedEmbedding:
 
 
 class SharedEmbeddingCache:
-    def __init__(self, link: RedisLink, metrics: Metrics, prefix: str, ttl_seconds: int) -> None:
+    def __init__(self, link: RedisLink, metrics: Metrics, prefix: str, ttl_seconds: int, secret: bytes) -> None:
         self.link = link
         self.metrics = metrics
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
+        self._secret = secret
+
+    def __repr__(self) -> str:  # never the secret
+        return f"SharedEmbeddingCache(redis={self.link.address!r}, prefix={self.prefix!r})"
 
     def key(self, fingerprint: bytes, input_type: str | None, item: str | Sequence[int]) -> str:
-        return cache_key(self.prefix, fingerprint, input_type, item)
+        return cache_key(self.prefix, self._secret, fingerprint, input_type, item)
 
     async def get_many(self, model: str, keys: list[str], dimension: int) -> list[CachedEmbedding | None]:
         """The entries found, None for the others (and for all of them when Redis is unavailable)."""

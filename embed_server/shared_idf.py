@@ -14,6 +14,27 @@ Nothing is lost to a restart: the counts live in Redis (persistence is Redis' ow
 writes them on start except to create them when they are absent, and the last snapshot is kept
 in the state folder, so a replica that restarts while Redis is down answers like the others did.
 Documents embedded while Redis is unreachable are kept (bounded) and added when it is back.
+
+When Redis loses its data, the first replica to notice creates the state again, in a new epoch,
+seeded from its last snapshot. Two things make that seed right:
+
+* Every replica that sees a new epoch (the creator too) marks its own documents as seen, without
+  counting them: they are in the seed, so embedding them again must not count them twice. Its
+  documents not yet confirmed in the shared counts (waiting for Redis, or in flight) are left out,
+  so that they are still counted once.
+* The seed is recorded (epoch, generation, and its counts in a fourth key). A replica holding a
+  newer snapshot of that same epoch replaces the seed by its own, atomically (counts += new -
+  seed), once: so a replica that was down and held an old snapshot cannot set the counts back for
+  good by being first. Documents counted since the state was created stay counted.
+
+What this does not cover, honestly: a document embedded again in the new epoch through one replica
+before the replica that had seen it has joined (within one refresh interval of the loss, or until a
+replica that was down is back) counts twice, as do documents whose only replica is gone with its
+state folder. Documents added within the last refresh interval before the loss that no surviving
+snapshot holds are missing from the counts (and, marked seen by their replica, stay so), as are
+those a replica embedded before it ever shared counts (it marks them seen, though no seed holds
+them). Only a snapshot of the seed's own epoch can improve it. All of these move a few counts by a
+few documents; the replicas still agree with each other, which is what the queries need.
 """
 
 from __future__ import annotations
@@ -28,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_server import shared_idf_scripts as scripts
 from embed_server.backends.lexical import DocumentFrequencies, bm25_idf, document_digest
 from embed_server.metrics import Metrics
 from embed_server.redis_link import RedisLink, RedisUnavailable
@@ -38,40 +60,13 @@ log = logging.getLogger(__name__)
 # Documents waiting for an unreachable Redis: a few hundred bytes each; beyond this, the oldest go
 # (they still count in this replica's own file) so a long outage cannot exhaust memory.
 _PENDING_LIMIT = 50_000
-_STATE_MISSING = -1
+# Digests marked seen per call: each call stays well within the link's timeout.
+_MARK_PIECE = 10_000
 
-# KEYS: seen set, counts hash, meta hash. ARGV: digest, "slot,slot,...", digest, ... Refuses (-1) when
-# the state does not exist: only `_CREATE` makes it, so that a lost state is re-seeded, not restarted.
-_ADD = """
-if redis.call('HEXISTS', KEYS[3], 'epoch') == 0 then return -1 end
-local added = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
-    for slot in string.gmatch(ARGV[i + 1], '[^,]+') do
-      redis.call('HINCRBY', KEYS[2], slot, 1)
-    end
-    added = added + 1
-  end
-end
-if added > 0 then
-  redis.call('HINCRBY', KEYS[3], 'documents', added)
-  redis.call('HINCRBY', KEYS[3], 'generation', 1)
-end
-return added
-"""
 
-# KEYS as above. ARGV: epoch, generation, documents, "slot:count,...". Creates the state only when it
-# is absent (1), else leaves it alone (0).
-_CREATE = """
-if redis.call('HEXISTS', KEYS[3], 'epoch') == 1 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-for pair in string.gmatch(ARGV[4], '[^,]+') do
-  local colon = string.find(pair, ':')
-  redis.call('HSET', KEYS[2], string.sub(pair, 1, colon - 1), string.sub(pair, colon + 1))
-end
-redis.call('HSET', KEYS[3], 'epoch', ARGV[1], 'generation', ARGV[2], 'documents', ARGV[3])
-return 1
-"""
+class StateReplaced(RedisUnavailable):
+    """The shared state was created again while a change to it was under way. Handled like an
+    unreachable Redis: the documents wait, and the next refresh tries again."""
 
 
 class CorruptSnapshot(ValueError):
@@ -91,6 +86,17 @@ class Snapshot:
         return cls(epoch, generation, documents, counts, bm25_idf(counts, documents))
 
 
+@dataclass(frozen=True)
+class Version:
+    """Which state Redis holds and what it was seeded from (seed_epoch "" when from one replica's own
+    counts)."""
+
+    epoch: str
+    generation: int
+    seed_epoch: str
+    seed_generation: int
+
+
 class SharedDocumentFrequencies:
     def __init__(self, model: str, local: DocumentFrequencies, link: RedisLink, metrics: Metrics, *,
                  prefix: str, refresh_seconds: float, snapshot_path: Path | None) -> None:
@@ -101,16 +107,25 @@ class SharedDocumentFrequencies:
         self.metrics = metrics
         self.refresh_seconds = refresh_seconds
         self.snapshot_path = snapshot_path
-        # One hash tag for the three keys, so the scripts also run on a Redis Cluster.
+        # One hash tag for the four keys, so the scripts also run on a Redis Cluster.
         tag = "{idf:" + model.replace("{", "(").replace("}", ")") + f":{self.dim}" + "}"
-        self.keys = [f"{prefix}{tag}:seen", f"{prefix}{tag}:counts", f"{prefix}{tag}:meta"]
+        self.keys = [f"{prefix}{tag}:seen", f"{prefix}{tag}:counts", f"{prefix}{tag}:meta", f"{prefix}{tag}:seed"]
         snapshot, pending = self._load_snapshot()
         self.snapshot: Snapshot | None = snapshot
         self._pending: deque[tuple[bytes, str]] = deque(pending, maxlen=_PENDING_LIMIT)
         self._saved_pending = len(self._pending)
+        # Documents new to this replica that the shared counts may not hold yet: never marked seen in
+        # a new epoch, or they would never be counted. Those waiting from before a restart included.
+        self._unconfirmed: set[bytes] = {digest for digest, _ in pending}
+        # The epoch this replica has brought its documents to. Holding a snapshot of an epoch means
+        # having joined it: a snapshot is only taken after joining.
+        self._joined: str | None = snapshot.epoch if snapshot is not None else None
+        self._joining = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
-        self._add = link.client.register_script(_ADD)
-        self._create = link.client.register_script(_CREATE)
+        self._add = link.client.register_script(scripts.ADD)
+        self._mark_seen = link.client.register_script(scripts.MARK_SEEN)
+        self._create = link.client.register_script(scripts.CREATE)
+        self._upgrade = link.client.register_script(scripts.UPGRADE)
         self._show()
 
     # -- what queries use --------------------------------------------------------------------------
@@ -123,26 +138,50 @@ class SharedDocumentFrequencies:
     # -- what documents add ------------------------------------------------------------------------
 
     async def record(self, texts: list[str], slots: list[dict[int, float]]) -> None:
-        """Add documents to the shared counts now, or keep them for when Redis answers again."""
-        batch = [(document_digest(text), ",".join(map(str, s))) for text, s in zip(texts, slots) if s]
+        """Count documents in this replica's own counts and in the shared ones now, or keep them for
+        when Redis answers again."""
+        batch = []
+        # No await until the batch is marked unconfirmed: a join in between must not mark a
+        # document seen that is new to the shared counts.
+        for text, s in zip(texts, slots):
+            digest = document_digest(text)
+            if self.local.add(text, s, digest) and s:
+                self._unconfirmed.add(digest)
+            if s:
+                batch.append((digest, ",".join(map(str, s))))
         if not batch:
             return
         try:
             await self._push(batch)
         except RedisUnavailable:
-            if len(self._pending) + len(batch) > _PENDING_LIMIT:
-                log.warning("too many documents wait for Redis; the oldest count only in this replica's file",
-                            extra={"event": "idf_pending_full", "model": self.model, "limit": _PENDING_LIMIT})
-            self._pending.extend(batch)
-            self.metrics.idf_pending.labels(self.model).set(len(self._pending))
+            self._keep(batch)
+
+    def _keep(self, batch: list[tuple[bytes, str]]) -> None:
+        overflow = len(self._pending) + len(batch) - _PENDING_LIMIT
+        if overflow > 0:
+            log.warning("too many documents wait for Redis; the oldest count only in this replica's file",
+                        extra={"event": "idf_pending_full", "model": self.model, "limit": _PENDING_LIMIT})
+            for _ in range(min(overflow, len(self._pending))):
+                self._unconfirmed.discard(self._pending.popleft()[0])
+        self._pending.extend(batch)
+        self.metrics.idf_pending.labels(self.model).set(len(self._pending))
 
     async def _push(self, batch: list[tuple[bytes, str]]) -> int:
+        """Add documents to the shared counts, creating or joining the state first where needed."""
         args = [part for pair in batch for part in pair]
-        added = await self.link.call("idf_add", lambda client: self._add(keys=self.keys, args=args))
-        if added == _STATE_MISSING:
-            await self._create_state()
-            added = await self.link.call("idf_add", lambda client: self._add(keys=self.keys, args=args))
-        return int(added)
+        for _ in range(3):
+            epoch = self._joined or ""
+            added = await self.link.call("idf_add", lambda client: self._add(keys=self.keys[:3], args=[epoch, *args]))
+            if added == scripts.MISSING:
+                await self._create_state()
+            elif added == scripts.OTHER_EPOCH:
+                version = await self._version()
+                if version is not None:
+                    await self._join(version)
+            else:
+                self._unconfirmed.difference_update(digest for digest, _ in batch)
+                return int(added)
+        raise StateReplaced("the shared IDF state kept changing during one update")
 
     async def _flush_pending(self) -> None:
         while self._pending:
@@ -178,19 +217,36 @@ class SharedDocumentFrequencies:
                                                                          "model": self.model})
 
     async def refresh(self) -> None:
-        """Send what is pending, then fetch the counts if they changed. Raises RedisUnavailable."""
+        """Send what is pending, join a new state, then fetch the counts if they changed. Raises
+        RedisUnavailable."""
         await self._flush_pending()
-        meta = await self.link.call("idf_version", lambda client: client.hmget(self.keys[2], "epoch", "generation"))
-        if meta[0] is None:
+        version = await self._version()
+        if version is None:
             await self._create_state()
-        elif self.snapshot is not None and (meta[0].decode(), int(meta[1])) == (self.snapshot.epoch,
-                                                                               self.snapshot.generation):
+            version = await self._version()
+            if version is None:
+                return  # lost again at once: the next refresh
+        if version.epoch != self._joined:
+            await self._join(version)
+        elif self.snapshot is not None and (version.epoch, version.generation) == (self.snapshot.epoch,
+                                                                                    self.snapshot.generation):
             return
         snapshot = await self._fetch()
-        if snapshot is not None:
+        # A state created again between joining and fetching is for the next refresh to join.
+        if snapshot is not None and snapshot.epoch == self._joined:
             self.snapshot = snapshot
             self._show()
             await asyncio.to_thread(self._save_snapshot)
+
+    async def _version(self) -> Version | None:
+        fields = ("epoch", "generation", "seed_epoch", "seed_generation")
+        epoch, generation, seed_epoch, seed_generation = await self.link.call(
+            "idf_version", lambda client: client.hmget(self.keys[2], *fields))
+        if epoch is None:
+            return None
+        # States made before seeds were recorded have none: no snapshot can improve them.
+        return Version(epoch.decode(), int(generation), (seed_epoch or b"").decode(),
+                       int(seed_generation) if seed_generation is not None else -1)
 
     async def _fetch(self) -> Snapshot | None:
         async def read(client):
@@ -210,28 +266,70 @@ class SharedDocumentFrequencies:
             counts[slots[inside]] = values[inside]
         return Snapshot.of(meta[b"epoch"].decode(), int(meta[b"generation"]), int(meta[b"documents"]), counts)
 
+    # -- a state created again ---------------------------------------------------------------------
+
     async def _create_state(self) -> None:
         """Create the absent shared state from the best this replica knows: its last snapshot of the
         shared counts (Redis lost its data), or its own counts and their document digests (the first
         start with Redis)."""
         known = self.snapshot
         counts, documents, digests = self.local.state()
-        if known is not None and known.documents >= documents:
-            counts, documents, digests = known.counts, known.documents, []
-        generation = known.generation + 1 if known is not None else 0
-        encoded = ",".join(f"{slot}:{counts[slot]}" for slot in np.flatnonzero(counts))
+        from_snapshot = known is not None and known.documents >= documents
+        if from_snapshot:
+            counts, documents = known.counts, known.documents
+        seed = (known.epoch, known.generation) if from_snapshot else ("", -1)
+        epoch, generation = secrets.token_hex(8), known.generation + 1 if known is not None else 0
         created = await self.link.call("idf_create", lambda client: self._create(
-            keys=self.keys, args=[secrets.token_hex(8), generation, documents, encoded]))
+            keys=self.keys, args=[epoch, generation, documents, _encode(counts), *seed]))
         if not created:
-            return  # another replica was first
+            return  # another replica was first: joining it is the caller's next step
         log.warning("created the shared IDF state in Redis", extra={
             "event": "idf_state_created", "model": self.model, "documents": documents,
-            "from": "this replica's counts" if digests or known is None else "the last shared snapshot"})
-        # The digests only stop a document from counting twice: sent after, in pieces that each fit
-        # in one call's time; losing some means such a document may count again.
-        for start in range(0, len(digests), 10_000):
-            piece = digests[start : start + 10_000]
-            await self.link.call("idf_create", lambda client: client.sadd(self.keys[0], *piece))
+            "from": "the last shared snapshot" if from_snapshot else "this replica's counts",
+            "seed_generation": seed[1]})
+        # Seeded from this replica's own counts: all of its documents are in them, waiting ones too.
+        await self._join(Version(epoch, generation, *seed), seeded_with=None if from_snapshot else digests)
+
+    async def _join(self, version: Version, seeded_with: list[bytes] | None = None) -> None:
+        """Bring this replica's knowledge to a state it has not joined yet: mark its documents seen
+        (they are in the seed, so embedding them again must not count them twice), and replace the
+        seed by this replica's snapshot when that is a newer one of the same previous state."""
+        async with self._joining:
+            if self._joined == version.epoch:
+                return
+            known = self.snapshot
+            if seeded_with is not None:
+                await self._mark(version.epoch, seeded_with)
+            elif known is not None and version.seed_epoch:
+                # Without a snapshot this replica never shared counts: its documents are in no seed.
+                _, _, digests = self.local.state()
+                await self._mark(version.epoch, [d for d in digests if d not in self._unconfirmed])
+                if known.epoch == version.seed_epoch and known.generation > version.seed_generation:
+                    await self._improve_seed(version, known)
+            self._joined = version.epoch
+        log.info("joined the shared IDF state", extra={"event": "idf_state_joined", "model": self.model,
+                                                       "seed_generation": version.seed_generation})
+
+    async def _mark(self, epoch: str, digests: list[bytes]) -> None:
+        # In pieces that each fit in one call's time. A piece lost to an outage is sent again at the
+        # next join (the epoch is not joined until all went).
+        for start in range(0, len(digests), _MARK_PIECE):
+            piece = digests[start : start + _MARK_PIECE]
+            result = await self.link.call("idf_mark_seen", lambda client: self._mark_seen(
+                keys=[self.keys[0], self.keys[2]], args=[epoch, *piece]))
+            if result < 0:
+                raise StateReplaced("the shared IDF state was created again while joining it")
+
+    async def _improve_seed(self, version: Version, known: Snapshot) -> None:
+        improved = await self.link.call("idf_upgrade", lambda client: self._upgrade(
+            keys=self.keys[1:], args=[version.epoch, known.epoch, known.generation, known.documents,
+                                      _encode(known.counts)]))
+        if improved == 1:
+            log.warning("replaced the shared IDF's seed by a newer snapshot", extra={
+                "event": "idf_seed_improved", "model": self.model, "from_generation": version.seed_generation,
+                "to_generation": known.generation})
+        elif improved < 0:
+            raise StateReplaced("the shared IDF state was created again while joining it")
 
     def _show(self) -> None:
         self.metrics.idf_generation.labels(self.model).set(self.snapshot.generation if self.snapshot else -1)
@@ -295,3 +393,8 @@ class SharedDocumentFrequencies:
             log.warning("documents not yet in the shared IDF are kept for the next start",
                         extra={"event": "idf_pending_kept", "model": self.model, "documents": len(self._pending)})
         await asyncio.to_thread(self._save_snapshot)
+
+
+def _encode(counts: np.ndarray) -> str:
+    """Non-zero counts as the scripts take them: "slot:count,..."."""
+    return ",".join(f"{slot}:{counts[slot]}" for slot in np.flatnonzero(counts))

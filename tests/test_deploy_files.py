@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import re
 import shutil
+from urllib.parse import urlsplit
 import subprocess
 from pathlib import Path
 from string import Template
 
+import pytest
 import yaml
 
 from config import Settings, load_settings
 from embed_server.app import create_app
 from tests.servers import REPO
-from vector_bridge.openwebui_env import openwebui_environment
+from vector_bridge.openwebui_env import model_dimension, openwebui_environment, pgvector_environment
 
 DEPLOY = REPO / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
@@ -51,7 +53,7 @@ def test_open_webui_env_matches_what_vector_bridge_prints() -> None:
         assert set(EXPECTED_OPENWEBUI_ENV) <= set(env)
         for name, value in EXPECTED_OPENWEBUI_ENV.items():
             if name not in SECRET_VALUES:
-                assert str(env[name]) == value, name
+                assert compose_value(str(env[name])) == value, name  # compose: as it is without variables
         assert env["ENABLE_PERSISTENT_CONFIG"] == "false"
     assert COMPOSE["services"]["open-webui"]["environment"]["CHROMA_HTTP_HEADERS"] == "Authorization=Bearer ${CHROMA_TOKEN}"
 
@@ -104,7 +106,8 @@ def test_image_versions_match_the_pinned_ones() -> None:
 
 
 def test_every_data_directory_is_a_volume() -> None:
-    assert set(COMPOSE["volumes"]) == {"embed-state", "chroma-data", "open-webui-data", "redis-data"}
+    assert set(COMPOSE["volumes"]) == {"embed-state", "chroma-data", "open-webui-data", "redis-data", "pgvector-data"}
+    assert "pgvector-data:/var/lib/postgresql/data" in COMPOSE["services"]["pgvector"]["volumes"]
     assert "redis-data:/data" in COMPOSE["services"]["redis"]["volumes"]
     assert "embed-state:/data/state" in COMPOSE["services"]["embeddings"]["volumes"]
     assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_STATE_DIR"] == "/data/state"
@@ -258,3 +261,133 @@ def test_the_image_holds_every_package_the_project_installs() -> None:
     packages = re.search(r'include = \[(.*?)\]', (REPO / "pyproject.toml").read_text()).group(1)
     for package in re.findall(r'"(\w+)\*"', packages):
         assert f"COPY {package} ./{package}" in dockerfile, package
+
+
+# -- PostgreSQL + pgvector as the store ------------------------------------------------------------
+
+POSTGRES_K8S = [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / "optional" / "postgres.yaml").read_text()) if doc]
+PGVECTOR_NAMES = {"VECTOR_DB", "PGVECTOR_DB_URL", "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH", "PGVECTOR_INDEX_METHOD"}
+
+
+def postgres_k8s(kind: str, name: str) -> dict:
+    return next(d for d in POSTGRES_K8S if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def compose_value(value: str, **variables: str) -> str:
+    """A compose value as compose interpolates it (${NAME:-default})."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: variables.get(m.group(1), m.group(2)), value)
+
+
+def secret_literals() -> list[str]:
+    """Every deploy file's text, where a password must never be written."""
+    files = [DEPLOY / "docker-compose.yml", *(DEPLOY / "k8s").rglob("*.yaml")]
+    return [path.read_text() for path in files if path.name != "secret.example.yaml"]
+
+
+def test_compose_pgvector_is_an_optional_private_profile_with_its_password_from_a_secret() -> None:
+    postgres = COMPOSE["services"]["pgvector"]
+    assert postgres["profiles"] == ["pgvector"] and "ports" not in postgres  # only on the compose network
+    assert postgres["image"] == "pgvector/pgvector:pg17"
+    [secret] = postgres["secrets"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+    assert "POSTGRES_PASSWORD" not in postgres["environment"]
+    assert COMPOSE["secrets"][secret] == {"environment": "POSTGRES_PASSWORD"}
+    assert [v.split(":")[1] for v in postgres["volumes"]] == ["/var/lib/postgresql/data"]
+    assert postgres["volumes"][0].split(":")[0] in COMPOSE["volumes"]
+    # Open WebUI waits for it only when the profile runs it.
+    dependency = COMPOSE["services"]["open-webui"]["depends_on"]["pgvector"]
+    assert dependency == {"condition": "service_healthy", "required": False}
+
+
+def test_compose_points_open_webui_and_the_server_at_pgvector_as_vector_bridge_does() -> None:
+    postgres = COMPOSE["services"]["pgvector"]["environment"]
+    openwebui = COMPOSE["services"]["open-webui"]["environment"]
+    embeddings = COMPOSE["services"]["embeddings"]["environment"]
+    # Both URLs are built from the variable the secret holds: the same password reaches the database.
+    for url in (openwebui["PGVECTOR_DB_URL"], embeddings["EMBED_PGVECTOR_URL"]):
+        assert "${POSTGRES_PASSWORD:-}" in url
+        parts = urlsplit(compose_value(url, POSTGRES_PASSWORD="0123abcd"))
+        assert (parts.scheme, parts.username, parts.password) == ("postgresql", postgres["POSTGRES_USER"], "0123abcd")
+        assert (parts.hostname, parts.port, parts.path) == ("pgvector", 5432, f"/{postgres['POSTGRES_DB']}")
+    # Chroma stays the default; one switch, VECTOR_DB, moves Open WebUI and /v1/search together.
+    for variables, store in (({}, "chroma"), ({"VECTOR_DB": "pgvector"}, "pgvector")):
+        assert compose_value(openwebui["VECTOR_DB"], **variables) == store
+        assert compose_value(embeddings["EMBED_STORE"], **variables) == store
+        assert load_settings(store=compose_value(embeddings["EMBED_STORE"], **variables)).store == store
+    url = compose_value(openwebui["PGVECTOR_DB_URL"], POSTGRES_PASSWORD="0123abcd")
+    settings = load_settings(pgvector_url=url)
+    printed = pgvector_environment(settings, model_dimension(settings, openwebui["RAG_EMBEDDING_MODEL"]))
+    assert set(printed) <= set(openwebui)
+    for name, value in printed.items():
+        assert compose_value(str(openwebui[name]), VECTOR_DB="pgvector", POSTGRES_PASSWORD="0123abcd") == value, name
+
+
+def test_k8s_postgres_is_a_statefulset_with_its_password_from_the_secret() -> None:
+    statefulset = postgres_k8s("StatefulSet", "postgres")
+    service = postgres_k8s("Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["port"] == 5432
+    postgres = container(statefulset)
+    assert postgres["image"] == "pgvector/pgvector:pg17"
+    env = {e["name"]: e for e in postgres["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "openwebui-backend",
+                                                                     "key": "postgres-password"}
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    [mount] = postgres["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"] and mount["mountPath"] == "/var/lib/postgresql/data"
+    assert env["PGDATA"]["value"].startswith(mount["mountPath"] + "/")  # not the volume's root
+    assert statefulset["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    policy = postgres_k8s("NetworkPolicy", "postgres-only-from-clients")
+    allowed = [rule["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"][0]["from"]]
+    assert {"app": "open-webui"} in allowed and {"app": "embeddings"} in allowed
+    # The in-cluster URL of the Secret's example names this Service, user and database.
+    secret_example = (DEPLOY / "k8s" / "secret.example.yaml").read_text()
+    url = urlsplit(re.search(r"pgvector-url: (\S+)", secret_example).group(1))
+    assert (url.hostname, url.port, url.path) == (service["metadata"]["name"], 5432, f"/{env['POSTGRES_DB']['value']}")
+    assert url.username == env["POSTGRES_USER"]["value"]
+
+
+def test_k8s_open_webui_and_the_server_read_the_store_url_from_the_secret() -> None:
+    """In the cluster or external: either way the URL is the Secret's pgvector-url, never a literal."""
+    openwebui = {e["name"]: e for e in container(k8s("Deployment", "open-webui"))["env"]}
+    embeddings = {e["name"]: e for e in container(k8s("StatefulSet", "embeddings"))["env"]}
+    reference = {"name": "openwebui-backend", "key": "pgvector-url", "optional": True}
+    assert openwebui["PGVECTOR_DB_URL"]["valueFrom"]["secretKeyRef"] == reference
+    assert embeddings["EMBED_PGVECTOR_URL"]["valueFrom"]["secretKeyRef"] == reference
+    assert openwebui["VECTOR_DB"]["value"] == embeddings["EMBED_STORE"]["value"] == "chroma"
+    settings = load_settings(pgvector_url="postgresql://u:p@postgres:5432/openwebui")
+    printed = pgvector_environment(settings, model_dimension(settings, openwebui["RAG_EMBEDDING_MODEL"]["value"]))
+    for name, value in printed.items():
+        if name not in ("VECTOR_DB", "PGVECTOR_DB_URL"):
+            assert openwebui[name]["value"] == value, name
+
+
+def test_the_pgvector_names_are_what_open_webui_reads() -> None:
+    assert PGVECTOR_NAMES <= set(pgvector_environment(load_settings(pgvector_url="postgresql://u:p@h/d"), 384))
+    # Open WebUI's own source, where `vector-bridge up --with-openwebui` installed it.
+    venv = SETTINGS.cache_dir / f"open-webui-{SETTINGS.openwebui_version}"
+    configs = sorted(venv.glob("lib/python3*/site-packages/open_webui/config.py"))
+    if not configs:
+        pytest.skip(f"Open WebUI {SETTINGS.openwebui_version} is not installed here")
+    source = configs[0].read_text()
+    for name in PGVECTOR_NAMES:
+        assert re.search(rf"os\.(getenv|environ\.get)\(\s*['\"]{name}['\"]", source), name
+
+
+def test_no_deploy_file_holds_a_password_or_key() -> None:
+    for text in secret_literals():
+        assert not re.search(r"postgres(ql)?://[^:/\s]+:(?![$<])[^@\s]+@", text)  # a URL with a literal password
+        assert not re.search(r"redis://:(?![$<])[^@\s]+@", text)
+        assert not re.search(r"(PASSWORD|KEY|TOKEN)\w*:\s+['\"]?(?!\$)\w{6,}", text)
+    # The example Secret holds only placeholders.
+    example = (DEPLOY / "k8s" / "secret.example.yaml").read_text()
+    for value in re.findall(r"^\s*#?\s*[\w-]+: (\S+)$", example, re.MULTILINE):
+        if re.search(r"password|key|token|://", value):
+            assert "change-me" in value, value
+
+
+def test_the_replicas_share_one_cache_key_from_a_secret() -> None:
+    assert COMPOSE["services"]["embeddings"]["environment"]["EMBED_REDIS_CACHE_KEY"] == "${EMBED_REDIS_CACHE_KEY:-}"
+    assert load_settings(redis_cache_key="").redis_cache_key is None  # unset in compose: this replica's own key
+    env = {e["name"]: e for e in container(k8s("StatefulSet", "embeddings"))["env"]}
+    assert env["EMBED_REDIS_CACHE_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "openwebui-backend", "key": "redis-cache-key", "optional": True}

@@ -90,7 +90,8 @@ def replica(name: str, root: Path, redis: RedisServer, models_file: Path, prefix
     port = free_port()
     env = {"HF_HUB_OFFLINE": "1", "EMBED_PORT": str(port), "EMBED_STATE_DIR": str(root / "state" / name),
            "EMBED_MODELS_FILE": str(models_file), "EMBED_THREADS": "1", "EMBED_REDIS_URL": redis.url,
-           "EMBED_REDIS_PREFIX": prefix, "EMBED_IDF_REFRESH_SECONDS": "0.2", "EMBED_REDIS_RETRY_SECONDS": "1"}
+           "EMBED_REDIS_PREFIX": prefix, "EMBED_IDF_REFRESH_SECONDS": "0.2", "EMBED_REDIS_RETRY_SECONDS": "1",
+           "EMBED_REDIS_CACHE_KEY": "replicas-share-this-cache-key"}
     service = Service(name, [sys.executable, "-m", "embed_server.cli"], f"http://127.0.0.1:{port}/ready",
                       root / "logs" / f"{name}.log", env=env)
     return Replica(name, service)

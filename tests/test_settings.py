@@ -52,6 +52,31 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
+def test_the_shared_cache_key_comes_from_the_environment_or_a_file_and_stays_secret(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EMBED_REDIS_CACHE_KEY", "")  # what compose passes when none is set
+    assert load_settings().redis_cache_key is None
+    monkeypatch.setenv("EMBED_REDIS_CACHE_KEY", "short-s3cret")
+    with pytest.raises(SettingsError, match="redis_cache_key: .*16 characters") as refused:
+        load_settings()
+    assert "short-s3cret" not in str(refused.value)
+    monkeypatch.setenv("EMBED_REDIS_CACHE_KEY", "a-long-enough-s3cret-value")
+    settings = load_settings()
+    assert settings.redis_cache_key.get_secret_value() == "a-long-enough-s3cret-value"
+    assert "s3cret" not in repr(settings)
+    monkeypatch.delenv("EMBED_REDIS_CACHE_KEY")
+    key_file = tmp_path / "redis_cache_key"
+    key_file.write_text("from-a-secret-file-0123456789\n")
+    assert load_settings(redis_cache_key_file=key_file).redis_cache_key.get_secret_value() == \
+        "from-a-secret-file-0123456789"
+    key_file.write_text("tiny-s3cret\n")
+    with pytest.raises(SettingsError, match="at least 16") as refused:
+        load_settings(redis_cache_key_file=key_file)
+    assert "tiny-s3cret" not in str(refused.value)
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(redis_cache_key_file=tmp_path / "absent")
+
+
 def test_redis_is_off_unless_a_url_is_given_and_its_password_stays_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().redis_url is None
     monkeypatch.setenv("EMBED_REDIS_URL", "")  # what compose passes when no Redis is wanted

@@ -15,35 +15,41 @@ from embed_server.shared_cache import CorruptEntry, cache_key, decode_entry, enc
 MINILM = ModelSpec(id="minilm", source="package:x/model")
 PREFIXED = ModelSpec(id="minilm", source="package:x/model", query_prefix="query: ")
 OTHER = ModelSpec(id="other", source="package:x/model")
+TORCH = {"runtime": "torch", "version": "2", "device": "cpu", "precision": "fp32", "weights": "w1"}
+SECRET = b"a-test-secret-of-32-characters!!"
 
 
-def test_keys_differ_by_model_settings_input_type_and_input() -> None:
-    fingerprints = [model_fingerprint(MINILM, truncate=True, dimension=384, max_tokens=256),
-                    model_fingerprint(MINILM, truncate=False, dimension=384, max_tokens=256),
-                    model_fingerprint(MINILM, truncate=True, dimension=384, max_tokens=128),
-                    model_fingerprint(PREFIXED, truncate=True, dimension=384, max_tokens=256),
-                    model_fingerprint(OTHER, truncate=True, dimension=384, max_tokens=256)]
+def fingerprint(spec: ModelSpec = MINILM, truncate: bool = True, max_tokens: int = 256, **identity: str) -> bytes:
+    return model_fingerprint(spec, TORCH | identity, truncate=truncate, dimension=384, max_tokens=max_tokens)
+
+
+def test_keys_differ_by_model_settings_weights_placement_input_type_and_input() -> None:
+    fingerprints = [fingerprint(), fingerprint(truncate=False), fingerprint(max_tokens=128),
+                    fingerprint(PREFIXED), fingerprint(OTHER), fingerprint(weights="w2"),
+                    fingerprint(precision="fp16"), fingerprint(device="cuda"), fingerprint(version="3"),
+                    fingerprint(runtime="onnx", quantize="int8")]
     assert len(set(fingerprints)) == len(fingerprints)
     items: list[str | list[int]] = ["", "123", "a", "a ", "hello", [123], [1, 2, 3], []]
-    keys = [cache_key("embed:", f, t, item)
+    keys = [cache_key("embed:", SECRET, f, t, item)
             for f, t, item in itertools.product(fingerprints, (None, "query", "document"), items)]
     assert len(set(keys)) == len(keys)
     # Field boundaries are encoded: moving bytes between fields never gives the same key.
-    assert cache_key("p:", b"ab", "query", "c") != cache_key("p:", b"a", "query", "bc")
+    assert cache_key("p:", SECRET, b"ab", "query", "c") != cache_key("p:", SECRET, b"a", "query", "bc")
 
 
-def test_keys_are_stable_and_never_hold_the_text() -> None:
-    fingerprint = model_fingerprint(MINILM, truncate=True, dimension=384, max_tokens=256)
-    key = cache_key("embed:", fingerprint, "query", "secret patient record 42")
-    assert key == cache_key("embed:", model_fingerprint(MINILM, truncate=True, dimension=384, max_tokens=256),
-                            "query", "secret patient record 42")
+def test_keys_are_stable_need_the_secret_and_never_hold_the_text() -> None:
+    key = cache_key("embed:", SECRET, fingerprint(), "query", "secret patient record 42")
+    assert key == cache_key("embed:", SECRET, fingerprint(), "query", "secret patient record 42")
     assert key.startswith("embed:vec:") and len(key) == len("embed:vec:") + 40
     assert "secret" not in key and "patient" not in key
+    # Without the secret, a guess cannot be confirmed: another secret gives another key.
+    assert key != cache_key("embed:", b"another-secret-of-32-characters!", fingerprint(), "query",
+                            "secret patient record 42")
     # A pinned key: a change of derivation would silently orphan every replica's entries.
-    assert cache_key("p:", b"\x00" * 16, None, "x") == PINNED_KEY
+    assert cache_key("p:", SECRET, b"\x00" * 16, None, "x") == PINNED_KEY
 
 
-PINNED_KEY = "p:vec:f06726d7051f521026cdf8c18c5f1a2764f31824"
+PINNED_KEY = "p:vec:64d23ce58f42bdd9b29384954df513f32d7f4fc8"
 
 
 def test_values_round_trip_and_damaged_ones_are_refused() -> None:

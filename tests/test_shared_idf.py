@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+from redis.crc import key_slot
 
+from embed_server import shared_idf
 from embed_server.backends.lexical import DocumentFrequencies, HashedLexicalEncoder, bm25_idf
 from embed_server.metrics import Metrics
 from embed_server.redis_link import RedisLink
@@ -35,10 +39,8 @@ class Replica:
                                              refresh_seconds=3600, snapshot_path=state / "shared.npz")
 
     async def record(self, texts: list[str]) -> None:
-        slots = [ENCODER.slots(text) for text in texts]
-        for text, s in zip(texts, slots):
-            self.local.add(text, s)
-        await self.idf.record(texts, slots)
+        # As the hybrid model does: the shared counts add the documents to this replica's own too.
+        await self.idf.record(texts, [ENCODER.slots(text) for text in texts])
 
     async def close(self) -> None:
         await self.idf.close()
@@ -168,6 +170,100 @@ def test_a_lost_shared_state_is_created_again_from_what_replicas_knew(redis_serv
         assert a.idf.snapshot.epoch == b.idf.snapshot.epoch
         await a.close()
         await b.close()
+
+    asyncio.run(run())
+
+
+def alone(texts: list[str]) -> DocumentFrequencies:
+    """What one process learns from these documents: the counts the replicas must agree on."""
+    frequencies = DocumentFrequencies(DIM, None)
+    for text in texts:
+        frequencies.add(text, ENCODER.slots(text))
+    return frequencies
+
+
+def test_documents_embedded_again_after_redis_lost_its_data_count_once(redis_server: RedisServer, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    p = prefix()
+    monkeypatch.setattr(shared_idf, "_MARK_PIECE", 4)  # several pieces per replica, as with many documents
+
+    async def run() -> None:
+        a, b = Replica(redis_server.url, tmp_path / "a", p), Replica(redis_server.url, tmp_path / "b", p)
+        await a.idf.start()
+        await b.idf.start()
+        await a.record(documents("x", 6))
+        await b.record(documents("y", 4))
+        await a.idf.refresh()
+        await b.idf.refresh()
+        assert a.idf.snapshot.documents == 10
+        redis_server.flush()
+        await a.idf.refresh()  # a re-creates the state from its snapshot
+        assert a.idf.snapshot.documents == 10
+        # b learns of the new state from its next write: its own documents must not count again,
+        # a document new to everyone must count once.
+        await b.record(documents("y", 4) + documents("fresh", 1))
+        await b.record(documents("x", 6))  # only a had seen these; a joined when it created the state
+        await a.record(documents("y", 2) + documents("new", 3))
+        await a.idf.refresh()
+        await b.idf.refresh()
+        expected = alone(documents("x", 6) + documents("y", 4) + documents("fresh", 1) + documents("new", 3))
+        assert a.idf.snapshot.documents == b.idf.snapshot.documents == expected.documents == 14
+        assert int(shared_meta(redis_server, p)[b"documents"]) == 14
+        assert np.array_equal(a.idf.idf(), expected.idf()) and np.array_equal(b.idf.idf(), expected.idf())
+        await a.close()
+        await b.close()
+
+    asyncio.run(run())
+
+
+def test_the_newest_snapshot_wins_over_a_stale_one(redis_server: RedisServer, tmp_path: Path) -> None:
+    p = prefix()
+
+    async def run() -> None:
+        a, c = Replica(redis_server.url, tmp_path / "a", p), Replica(redis_server.url, tmp_path / "c", p)
+        await a.idf.start()
+        await c.idf.start()
+        await a.record(documents("x", 5))
+        await c.idf.refresh()
+        await c.close()  # c goes down holding the counts of 5 documents
+        shutil.copytree(tmp_path / "c", tmp_path / "d")  # another replica down since that moment
+        await a.record(documents("y", 5))
+        await a.idf.refresh()
+        newest = a.idf.snapshot
+        assert newest.documents == 10
+        redis_server.flush()
+        # c comes back first and re-creates the state from its stale snapshot.
+        c = Replica(redis_server.url, tmp_path / "c", p)
+        await c.idf.start()
+        assert c.idf.snapshot.documents == 5
+        await c.record(documents("new", 2))  # counted in the new state: must stay counted
+        await a.idf.refresh()  # a holds a newer snapshot of the same state: it wins
+        await c.idf.refresh()
+        expected = alone(documents("x", 5) + documents("y", 5) + documents("new", 2))
+        assert a.idf.snapshot.documents == c.idf.snapshot.documents == 12
+        assert np.array_equal(a.idf.idf(), expected.idf()) and np.array_equal(c.idf.idf(), expected.idf())
+        assert int(shared_meta(redis_server, p)[b"seed_generation"]) == newest.generation
+        # Once only, and an older snapshot arriving later cannot undo it.
+        d = Replica(redis_server.url, tmp_path / "d", p)
+        await d.idf.start()
+        await a.idf.refresh()
+        assert a.idf.snapshot.documents == d.idf.snapshot.documents == 12
+        assert np.array_equal(d.idf.idf(), expected.idf())
+        await a.record(documents("y", 5))  # a's own, from before the loss: already counted
+        await d.idf.refresh()
+        assert d.idf.snapshot.documents == 12
+        for replica in (a, c, d):
+            await replica.close()
+
+    asyncio.run(run())
+
+
+def test_the_shared_keys_live_in_one_cluster_slot(tmp_path: Path) -> None:
+    async def run() -> None:
+        replica = Replica("redis://127.0.0.1:1/0", tmp_path, "p:")  # never called: nothing to reach
+        assert len(replica.idf.keys) == 4
+        assert len({key_slot(key.encode()) for key in replica.idf.keys}) == 1
+        await replica.link.close()
 
     asyncio.run(run())
 

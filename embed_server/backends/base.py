@@ -10,6 +10,7 @@ class EmbeddingBackend(Protocol):
 
     dimension: int
     max_tokens: int
+    identity: dict[str, str]  # runtime, device, precision, weights: what changes vectors beyond the settings
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids with the model's special tokens, not truncated."""

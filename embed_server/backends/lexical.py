@@ -139,12 +139,14 @@ class DocumentFrequencies:
             remove_stale_temporaries(path)
             self._load(path)
 
-    def add(self, text: str, slots: dict[int, float]) -> None:
-        digest = document_digest(text)
+    def add(self, text: str, slots: dict[int, float], digest: bytes | None = None) -> bool:
+        """Count a document unless it was seen before; True when it was new. ``digest`` saves
+        hashing the text again when the caller has it already."""
+        digest = digest or document_digest(text)
         with self._lock:
             # Open WebUI embeds each Knowledge file twice: count a document once.
             if digest in self._seen:
-                return
+                return False
             self._seen.add(digest)
             self.counts[list(slots)] += 1
             self.documents += 1
@@ -152,6 +154,7 @@ class DocumentFrequencies:
             due = self.path is not None and self._unsaved >= self.save_every
         if due and not self._saving.locked():
             threading.Thread(target=self.save_quietly, name="idf-save", daemon=True).start()
+        return True
 
     def idf(self) -> np.ndarray:
         """BM25's IDF per slot; all ones until documents have been seen."""

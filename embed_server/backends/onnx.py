@@ -9,6 +9,7 @@ import numpy as np
 
 from config import ModelSpec
 from embed_server.backends.device import Placement
+from embed_server.backends.identity import weights_identity
 from embed_server.backends.onnx_export import ensure_graph
 from embed_server.backends.transformer import TokenizerSide, resolve_source
 
@@ -31,6 +32,10 @@ class OnnxBackend(TokenizerSide):
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._inputs = {item.name for item in self.session.get_inputs()}
+        # The graph's folder is named by a digest of the weights, the recipe and the libraries' versions.
+        self.identity = {"runtime": "onnx", "version": onnxruntime.__version__, "device": "cpu",
+                         "precision": self.placement.precision, "quantize": spec.quantize or "",
+                         "weights": weights_identity(folder), "graph": self.path.parent.name}
         log.info("model loaded", extra={"source": str(folder), "graph": str(self.path), "runtime": "onnx",
                                         "quantize": spec.quantize, "pooling": self.pooling,
                                         "max_tokens": self.max_tokens, "dimension": self.dimension})

