@@ -29,6 +29,10 @@ class OnnxBackend(TokenizerSide):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle worker threads would spin for the next operator and take the cores the server's event loop and
+        # tokenizer need between forward passes (measured in-process under load, passes 2 ms apart: 11% more
+        # tokens/s without spinning).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._inputs = {item.name for item in self.session.get_inputs()}
