@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -28,6 +29,9 @@ from vector_bridge.search import (SearchError, UnknownEmbeddingModel, embedding_
                                   nearest_chunks, open_collection)
 from vector_bridge.stack import openwebui_venv, pipelines_key, run_stack
 from vector_bridge.store import StoreError, connect
+
+if TYPE_CHECKING:
+    from vector_bridge.store_move import StoreMove
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,12 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     target = move.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", metavar="MODEL", help="served model id to re-embed with")
     target.add_argument("--rollback", metavar="MODEL", help="undo the migration to MODEL, from the kept old vectors")
-    target.add_argument("--to-store", metavar="STORE", help="copy every collection into pgvector, unchanged: "
-                        "'pgvector' (the store EMBED_PGVECTOR_URL names, else the built-in one) or a "
-                        "postgresql:// URL; Open WebUI keeps running on Chroma until you switch it")
+    target.add_argument("--to-store", metavar="STORE", help="copy every collection into the other store, unchanged: "
+                        "'pgvector' (the store EMBED_PGVECTOR_URL names, else the built-in one) or a postgresql:// "
+                        "URL, from the Chroma server the settings name; or 'chroma', from that pgvector store into "
+                        "that Chroma server. Open WebUI keeps running on the first until you switch it")
     move.add_argument("--collection", action="append", help="only this collection (repeatable; implies "
                                                             "--store-only: Open WebUI is not switched)")
     move.add_argument("--store-only", action="store_true", help="migrate the store without switching Open WebUI")
+    move.add_argument("--replace", action="store_true", help="with --to-store: take over target collections that "
+                      "hold chunks no move wrote (data from before an earlier switch), making them the source's copy")
     move.add_argument("--drop-old", action="store_true", help="delete the old vectors once the cutover is done "
                                                               "(no rollback after that)")
     move.add_argument("--batch", type=int, default=128,
@@ -311,6 +318,9 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.to_store:
         return _move_store(args, settings)
+    if args.replace:
+        print("vector-bridge: --replace goes with --to-store", file=sys.stderr)
+        return 2
     if not 1 <= args.batch <= 2048:  # the embeddings API takes at most 2,048 inputs per request
         print("vector-bridge: --batch must be between 1 and 2048", file=sys.stderr)
         return 2
@@ -364,20 +374,20 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _move_store(args: argparse.Namespace, settings: Settings) -> int:
     import psycopg
 
-    from vector_bridge.pgvector_store import PgvectorStore
     from vector_bridge.postgres import pgvector_url
-    from vector_bridge.store_move import move_to_pgvector, vector_length
 
-    url = pgvector_url(settings) if args.to_store == "pgvector" else args.to_store
-    if not url.startswith(("postgresql://", "postgres://")):
-        print("vector-bridge: --to-store takes 'pgvector' or a postgresql:// URL", file=sys.stderr)
-        return 2
+    if args.to_store == "chroma":
+        url = pgvector_url(settings)
+    else:
+        url = pgvector_url(settings) if args.to_store == "pgvector" else args.to_store
+        if not url.startswith(("postgresql://", "postgres://")):
+            print("vector-bridge: --to-store takes 'pgvector', a postgresql:// URL, or 'chroma'", file=sys.stderr)
+            return 2
     try:
-        client = connect(settings)
-        dimension = vector_length(client, args.collection)
-        with PgvectorStore(url) as target:
-            report = move_to_pgvector(client, target, dimension=dimension, only=args.collection,
-                                      progress=_show_progress(args))
+        if args.to_store == "chroma":
+            report, extra = _move_to_chroma(args, settings, url)
+        else:
+            report, extra = _move_to_pgvector(args, settings, url)
     except StoreError as error:
         print(f"vector-bridge: {error}", file=sys.stderr)
         return 1
@@ -386,21 +396,63 @@ def _move_store(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(report.to_dict() | extra))
         return 0
+    where = "pgvector" if report.target == "pgvector" else "Chroma"
     for done in report.collections:
         print(f"{done.collection}: {done.chunks} chunks ({done.written} written, {done.removed} removed, "
               f"{done.verified} compared whole"
-              f"{f', {done.kept} left as Open WebUI wrote them in pgvector' if done.kept else ''}) in {done.seconds:.1f} s")
+              f"{f', {done.kept} left as Open WebUI wrote them in {where}' if done.kept else ''}) in {done.seconds:.1f} s")
     if report.skipped:
         print(f"not copied (migrate's own shadows and kept old vectors): {', '.join(report.skipped)}")
-    print(f"Every collection is in pgvector ({report.dimension} dimensions). To switch Open WebUI: stop it, run "
-          "this command once more (it brings over what was written meanwhile), then start Open WebUI with "
-          f"VECTOR_DB=pgvector, PGVECTOR_DB_URL (your URL), PGVECTOR_INDEX_METHOD=hnsw (the index the move built) "
-          f"and PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH={report.dimension}"
-          f"{' and PGVECTOR_USE_HALFVEC=true' if report.dimension > 2000 else ''} "
-          "(`vector-bridge openwebui-env --store pgvector` prints them for the built-in store).")
+    if report.target == "pgvector":
+        print(f"Every collection is in pgvector ({report.dimension} dimensions). To switch Open WebUI: stop it, run "
+              "this command once more (it brings over what was written meanwhile), then start Open WebUI with "
+              f"VECTOR_DB=pgvector, PGVECTOR_DB_URL (your URL), PGVECTOR_INDEX_METHOD=hnsw (the index the move built) "
+              f"and PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH={report.dimension}"
+              f"{' and PGVECTOR_USE_HALFVEC=true' if report.dimension and report.dimension > 2000 else ''} "
+              "(`vector-bridge openwebui-env --store pgvector` prints them for the built-in store).")
+        return 0
+    for model, length in extra["dimensions_from_data"].items():
+        print(f"note: {model} is not served here, so its vectors' length ({length}) was read from the data: the "
+              "longest non-zero prefix of its chunks; serve it to have its own length checked")
+    print("Every collection is in Chroma. To switch Open WebUI: stop it, run this command once more (it brings "
+          "over what was written meanwhile), then start Open WebUI without its PGVECTOR_* variables and with:")
+    for name, value in extra["openwebui_env"].items():
+        print(f"  {name}={value}")
+    if "CHROMA_HTTP_HEADERS" in extra["openwebui_env"]:
+        print("(`vector-bridge openwebui-env --store chroma` prints the header with the token itself.)")
     return 0
+
+
+def _move_to_pgvector(args: argparse.Namespace, settings: Settings, url: str) -> tuple[StoreMove, dict]:
+    from vector_bridge.move_chroma import vector_length
+    from vector_bridge.pgvector_store import PgvectorStore
+    from vector_bridge.store import connect_chroma
+    from vector_bridge.store_move import move_to_pgvector
+
+    client = connect_chroma(settings)
+    dimension = vector_length(client, args.collection)
+    with PgvectorStore(url) as target:
+        report = move_to_pgvector(client, target, dimension=dimension, only=args.collection, replace=args.replace,
+                                  progress=_show_progress(args))
+    return report, {}
+
+
+def _move_to_chroma(args: argparse.Namespace, settings: Settings, url: str) -> tuple[StoreMove, dict]:
+    from vector_bridge.pgvector_store import PgvectorStore
+    from vector_bridge.store import connect_chroma
+    from vector_bridge.store_move import move_to_chroma
+
+    client = connect_chroma(settings)
+    with PgvectorStore(url) as source:
+        report, dimensions = move_to_chroma(source, client, settings, only=args.collection, replace=args.replace,
+                                            progress=_show_progress(args))
+    env = openwebui_environment(settings.model_copy(update={"store": "chroma"}))
+    switch = {name: value for name, value in env.items() if name == "VECTOR_DB" or name.startswith("CHROMA_")}
+    if "CHROMA_HTTP_HEADERS" in switch:  # the token stays out of reports: openwebui-env prints it
+        switch["CHROMA_HTTP_HEADERS"] = "Authorization=Bearer <EMBED_CHROMA_TOKEN>"
+    return report, {"openwebui_env": switch, "dimensions_from_data": dimensions.from_data}
 
 
 def _show_progress(args: argparse.Namespace) -> bool:

@@ -20,7 +20,7 @@ from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
 from vector_bridge.openwebui_env import openwebui_environment
 from vector_bridge.owners import Owners, openwebui_kind, read_owners
 from vector_bridge.restore import restore_part
-from vector_bridge.store import CollectionInfo, connect, describe_all
+from vector_bridge.store import MOVES_COLLECTION, CollectionInfo, connect, describe_all
 
 Severity = Literal["error", "warning", "info"]
 # Collections chats use, which Open WebUI lists nowhere: reported together, never judged one by one.
@@ -101,6 +101,10 @@ def _collection_findings(info: CollectionInfo, expected: Expected, owners: Owner
         return [Finding("warning", f"{name}: {what} for {original} by a restore that did not finish "
                                    f"({info.count} chunks)", "run the same vector-bridge restore again: it "
                                    "finishes the swap or puts the old data back", name)]
+    if name == MOVES_COLLECTION:
+        return [Finding("info", f"{name}: the record of the {info.count} chunks vector-bridge migrate --to-store "
+                                "chroma wrote; later moves read it so they never undo what Open WebUI wrote after "
+                                "the switch", "keep it while a move back from pgvector may run again", name)]
     part = migration_part(name)
     if part is not None:  # not Open WebUI's: judged as what migrate left, not by Open WebUI's model
         kind, original = part

@@ -46,6 +46,20 @@ class Table:
     halfvec: bool
 
 
+@dataclass(frozen=True)
+class VectorIndex:
+    name: str
+    method: str  # hnsw, ivfflat, or another access method
+    definition: str  # CREATE INDEX ... as PostgreSQL prints it
+    valid: bool  # false: a build was interrupted, and PostgreSQL never uses it
+    lists: int | None  # ivfflat's
+
+    @property
+    def cosine(self) -> bool:
+        """Open WebUI orders by cosine distance (<=>): an index of another operator class is never used."""
+        return "_cosine_ops" in self.definition
+
+
 @dataclass
 class Chunk:
     id: str
@@ -114,10 +128,53 @@ class PgvectorStore:
             self._db.execute(f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {TABLE} USING hnsw (vector {opclass}) "
                              "WITH (m = 16, ef_construction = 64)")
 
+    def vector_indexes(self) -> list[VectorIndex]:
+        """The indexes on the chunk table's vector column (whatever their names: Open WebUI's, or made by hand)."""
+        rows = self._db.execute(
+            "SELECT c.relname, am.amname, pg_get_indexdef(i.indexrelid), i.indisvalid, c.reloptions "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = to_regclass(%s) AND a.attname = 'vector' ORDER BY c.relname", (TABLE,)).fetchall()
+        self._db.commit()
+        found = []
+        for name, method, definition, valid, options in rows:
+            settings = dict(option.split("=", 1) for option in options or [])
+            found.append(VectorIndex(name, method, definition, bool(valid),
+                                     int(settings["lists"]) if "lists" in settings else None))
+        return found
+
+    def count(self) -> int:
+        row = self._db.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+        self._db.commit()
+        return int(row[0])
+
     def collections(self) -> dict[str, int]:
         rows = self._db.execute(f"SELECT collection_name, count(*) FROM {TABLE} GROUP BY collection_name").fetchall()
         self._db.commit()
         return dict(rows)
+
+    def ids(self, collection: str) -> list[str]:
+        rows = self._db.execute(f"SELECT id FROM {TABLE} WHERE collection_name = %s ORDER BY id", (collection,)).fetchall()
+        self._db.commit()
+        return [row[0] for row in rows]
+
+    def recorded_configs(self) -> dict[str, dict[str | None, int]]:
+        """Per collection, how many chunks carry each ``embedding_config`` string (None: none recorded)."""
+        rows = self._db.execute(f"SELECT collection_name, vmetadata->>'embedding_config', count(*) FROM {TABLE} "
+                                "GROUP BY 1, 2").fetchall()
+        self._db.commit()
+        found: dict[str, dict[str | None, int]] = {}
+        for collection, config, count in rows:
+            found.setdefault(collection, {})[config] = int(count)
+        return found
+
+    def vectors(self) -> Iterator[tuple[dict[str, Any] | None, np.ndarray]]:
+        """Every chunk's metadata and vector, through a server-side cursor."""
+        with self._db.transaction(), self._db.cursor(name="vectors") as cursor:
+            cursor.itersize = 1000
+            cursor.execute(f"SELECT vmetadata, vector::text FROM {TABLE}")
+            for metadata, vector in cursor:
+                yield metadata, parse_vector(vector)
 
     def fingerprints(self, collection: str) -> dict[str, str]:
         """Each chunk's fingerprint, read through a server-side cursor: memory holds ids and hashes only."""

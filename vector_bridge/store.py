@@ -20,6 +20,8 @@ from config import Settings
 MODEL_SAMPLE = 200
 # Metadatas read per request when every chunk is checked (no embeddings: those would be ~18 MB a page).
 METADATA_PAGE = 1000
+# What `migrate --to-store chroma` wrote into Chroma (move_chroma.py): the tools' own, not Open WebUI's.
+MOVES_COLLECTION = "vector_bridge_moved_chunk"
 
 
 class StoreError(RuntimeError):
@@ -34,6 +36,11 @@ def connect(settings: Settings) -> ClientAPI:
         from vector_bridge.postgres import pgvector_url
 
         return PgvectorClient(pgvector_url(settings))  # type: ignore[return-value]
+    return connect_chroma(settings)
+
+
+def connect_chroma(settings: Settings) -> ClientAPI:
+    """The Chroma server the settings name, whichever store Open WebUI uses now."""
     headers = {"Authorization": f"Bearer {settings.chroma_token.get_secret_value()}"} if settings.chroma_token else None
     try:
         client = chromadb.HttpClient(

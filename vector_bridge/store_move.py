@@ -1,36 +1,103 @@
-"""`vector-bridge migrate --to-store URL`: bring every collection of the Chroma store into pgvector, ids,
-texts, metadata and vectors unchanged, while Open WebUI keeps running on Chroma.
+"""`vector-bridge migrate --to-store`: bring every collection of one store Open WebUI speaks into the other
+(Chroma -> pgvector, or pgvector -> Chroma), ids, texts, metadata and vectors unchanged, while Open WebUI keeps
+running on the first.
 
-Each run brings the target to what the source holds now: chunks missing or different there (text,
-metadata, vector) are written, chunks the source no longer has are deleted, in pages that are each one
-transaction, recorded with what was written. So a killed run is simply run again, and a last run after
-Open WebUI has stopped brings over what it wrote meanwhile. Rows that are not as a move left them were
-written by Open WebUI itself after the switch: they are never changed or deleted, and a chunk a move wrote
-that has since gone from pgvector is not brought back (its owner deleted it there). Then every collection
-is checked: the source's ids are there, and a random sample compares whole (text, metadata, vector).
+This module is the loop both directions share; each engine gives a ``Source`` (what to copy) and a ``Target``
+(where, with a record of what moves wrote there): ``move_pgvector.py`` and ``move_chroma.py``.
+
+Each run brings the target to what the source holds now: chunks missing or different there (text, metadata,
+vector) are written, chunks the source no longer has are deleted, page by page, and every write is recorded
+beside the chunks (the target's record: a table on pgvector, a collection on Chroma). So a killed run is
+simply run again, and a last run after Open WebUI has stopped brings over what it wrote meanwhile. Rows that
+are not as a move left them were written by Open WebUI itself after the switch: they are never changed or
+deleted, and a chunk a move wrote that has since gone from the target is not brought back (its owner deleted
+it there). A collection the target already holds that no move ever wrote is refused (old data from before
+an earlier switch, say) unless ``replace`` takes it over. Then every collection is checked: the source's ids
+are there, and a random sample compares whole (text, metadata, vector to 1e-6 as the target stores it).
 Open WebUI reads VECTOR_DB when it starts, so the switch is a restart with the environment the report names.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from chromadb.api import ClientAPI
 from tqdm import tqdm
 
-from vector_bridge.migrate import migration_part
-from vector_bridge.pgvector_store import (Chunk, PgvectorError, PgvectorStore, Table, as_stored, chunk_fingerprint,
-                                          without_nul)
-from vector_bridge.shadow import all_ids
-from vector_bridge.store import METADATA_PAGE
+from vector_bridge.pgvector_store import Chunk, chunk_fingerprint
+from vector_bridge.store import METADATA_PAGE, StoreError
 
 PAGE = 256
 SAMPLE = 32  # chunks per collection read back and compared whole
 TOLERANCE = 1e-6
+
+log = logging.getLogger(__name__)
+
+
+class StoreMoveError(StoreError):
+    pass
+
+
+class NoSuchCollection(StoreMoveError):
+    pass
+
+
+class TargetHoldsOtherData(StoreMoveError):
+    """The target already has chunks in a collection no move ever wrote into."""
+
+
+class CopyDiffers(StoreMoveError):
+    """After the copy, the target lacks a chunk or holds it otherwise than the source."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a move wrote for one chunk: the fingerprint of what it sent (the source's chunk as the target keeps
+    it) and of the row as the target held it right after. They differ where the target changes values on the
+    way in (Chroma's vectors come back about a float32 ulp off): ``stored`` tells whether the row is still as the move left it,
+    ``sent`` whether the source has changed since."""
+
+    sent: str
+    stored: str
+
+
+class Source(Protocol):
+    engine: str
+
+    def names(self) -> tuple[list[str], list[str]]:
+        """The collections to move, and those left out on purpose (the tools' own)."""
+
+    def ids(self, name: str) -> list[str]: ...
+
+    def read(self, name: str, ids: list[str]) -> list[Chunk]: ...
+
+
+class Target(Protocol):
+    engine: str
+
+    def open(self, name: str) -> None:
+        """Ready to take ``name``'s chunks; finishes what a killed run left half recorded."""
+
+    def ids(self, name: str) -> set[str]: ...
+
+    def fingerprints(self, name: str) -> dict[str, str]: ...
+
+    def written(self, name: str) -> dict[str, Record]: ...
+
+    def as_stored(self, chunk: Chunk) -> Chunk:
+        """The chunk as this target will hold it (padding, precision, the metadata values it takes)."""
+
+    def write(self, name: str, chunks: list[Chunk]) -> None: ...
+
+    def delete(self, name: str, ids: list[str]) -> None: ...
+
+    def read(self, name: str, ids: list[str]) -> list[Chunk]: ...
+
+    def finish(self) -> None: ...
 
 
 @dataclass
@@ -41,13 +108,14 @@ class MovedCollection:
     removed: int
     verified: int  # chunks compared whole after the copy
     seconds: float
-    kept: int = 0  # rows Open WebUI wrote or changed in pgvector after the switch: left as they are
+    kept: int = 0  # rows Open WebUI wrote or changed in the target after the switch: left as they are
+    dimension: int | None = None  # the vectors' length in the target
 
 
 @dataclass
 class StoreMove:
     target: str
-    dimension: int
+    dimension: int | None  # pgvector: the table's; Chroma: the collections' when they all share one
     collections: list[MovedCollection] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # our own migration shadows and kept old vectors
 
@@ -56,58 +124,48 @@ class StoreMove:
                 "collections": [asdict(c) for c in self.collections]}
 
 
-def vector_length(client: ClientAPI, only: list[str] | None = None) -> int:
-    """The one vector length of the collections to move: pgvector's one table takes one length."""
-    lengths: dict[int, str] = {}
-    for collection in client.list_collections():
-        if migration_part(collection.name) or (only and collection.name not in only):
-            continue
-        first = collection.peek(1)
-        if first["embeddings"] is not None and len(first["embeddings"]):
-            lengths.setdefault(len(first["embeddings"][0]), collection.name)
-    if not lengths:
-        raise PgvectorError("no collection holds any chunk: nothing to move")
-    if len(lengths) > 1:
-        described = ", ".join(f"{length} ({name})" for length, name in sorted(lengths.items()))
-        raise PgvectorError(f"the collections hold vectors of different lengths: {described}; pgvector keeps all "
-                            "chunks in one table of one length: migrate them to one model first")
-    return next(iter(lengths))
+def fingerprint(chunk: Chunk) -> str:
+    return chunk_fingerprint(chunk.text, chunk.metadata, chunk.vector)
 
 
-def move_to_pgvector(client: ClientAPI, target: PgvectorStore, *, dimension: int, only: list[str] | None = None,
-                     progress: bool = False, seed: int | None = None) -> StoreMove:
-    table = target.table() or target.create_table(dimension)
-    target.prepare_moves()
-    if table.dimension != dimension:
-        raise PgvectorError(f"the target's table holds {table.dimension}-dimension vectors and the served model "
-                            f"gives {dimension}: Open WebUI would pad or cut them. Use an empty database.")
-    names = sorted(collection.name for collection in client.list_collections())
+def move(source: Source, target: Target, *, only: list[str] | None = None, replace: bool = False,
+         progress: bool = False, seed: int | None = None, dimensions: dict[str, int] | None = None) -> StoreMove:
+    names, skipped = source.names()
     if only:
-        missing = sorted(set(only) - set(names))
+        missing = sorted(set(only) - set(names) - set(skipped))
         if missing:
-            raise PgvectorError(f"no such collection: {', '.join(missing)}")
-        names = [name for name in names if name in only]
-    report = StoreMove(target="pgvector", dimension=dimension)
+            raise NoSuchCollection(f"no such collection in {source.engine}: {', '.join(missing)}")
+        names, skipped = [n for n in names if n in only], [n for n in skipped if n in only]
+    report = StoreMove(target=target.engine.lower(), dimension=None, skipped=skipped)
     sampler = random.Random(seed if seed is not None else time.time_ns())
     for name in names:
-        if migration_part(name):
-            report.skipped.append(name)
-            continue
-        report.collections.append(_move_one(client, target, table, name, progress, sampler))
-    target.create_vector_index(table)
+        done = _move_one(source, target, name, replace, progress, sampler)
+        done.dimension = (dimensions or {}).get(name)
+        log.info("collection moved", extra={"to": report.target} | asdict(done))
+        report.collections.append(done)
+    target.finish()
     return report
 
 
-def _move_one(client: ClientAPI, target: PgvectorStore, table: Table, name: str, progress: bool,
+def _move_one(source: Source, target: Target, name: str, replace: bool, progress: bool,
               sampler: random.Random) -> MovedCollection:
     started = time.monotonic()
-    source = client.get_collection(name)
-    ids = all_ids(source)
+    ids = source.ids(name)
+    target.open(name)
     have, wrote = target.fingerprints(name), target.written(name)
+    if have and not wrote and not replace:
+        raise TargetHoldsOtherData(
+            f"{name}: {target.engine} already holds {len(have)} chunks in this collection and no move wrote them "
+            f"(left from before Open WebUI moved away from {target.engine}?): back them up and delete the "
+            "collection, or run again with --replace to make it the source's copy")
+    if replace:  # every row there now counts as the move's; "" as sent: each is compared again and rewritten
+        wrote = wrote | {chunk_id: Record("", print_) for chunk_id, print_ in have.items()
+                         if chunk_id not in wrote or wrote[chunk_id].stored != print_}
 
     def ours(chunk_id: str) -> bool:
-        """The row is as a move wrote it (absent rows included when no move ever wrote them)."""
-        return have.get(chunk_id) == wrote.get(chunk_id)
+        """The row is as a move left it (absent rows included when no move ever wrote them)."""
+        record = wrote.get(chunk_id)
+        return have.get(chunk_id) == (record.stored if record else None)
 
     wanted = set(ids)
     gone = sorted(chunk_id for chunk_id in have if chunk_id not in wanted and ours(chunk_id))
@@ -117,44 +175,72 @@ def _move_one(client: ClientAPI, target: PgvectorStore, table: Table, name: str,
     written = 0
     with tqdm(total=len(ids), unit="chunk", desc=name[:40], disable=not progress) as bar:
         for start in range(0, len(ids), PAGE):
-            page = _read(source, ids[start:start + PAGE])
-            changed = [chunk for chunk in page if ours(chunk.id)
-                       and have.get(chunk.id) != chunk_fingerprint(chunk.text, chunk.metadata,
-                                                                           as_stored(chunk.vector, table))]
-            kept += sum(1 for chunk in page if not ours(chunk.id))
+            page = source.read(name, ids[start:start + PAGE])
+            changed = []
+            for chunk in page:
+                record = wrote.get(chunk.id)
+                if not ours(chunk.id):
+                    kept += 1
+                elif (have.get(chunk.id) is None or record is None
+                      or record.sent != fingerprint(target.as_stored(chunk))):
+                    changed.append(chunk)
             if changed:
-                target.write(name, changed, table)
+                target.write(name, changed)
                 written += len(changed)
             bar.update(len(page))
-    verified = _verify(source, target, table, name, [i for i in ids if ours(i)], sampler)
+    verified = _verify(source, target, name, [i for i in ids if ours(i)], sampler)
     return MovedCollection(name, len(ids), written, len(gone), verified, round(time.monotonic() - started, 2), kept)
 
 
-def _read(source: Any, ids: list[str]) -> list[Chunk]:
-    got = source.get(ids=ids, include=["documents", "metadatas", "embeddings"])
-    return [Chunk(chunk_id, without_nul(document or ""), np.asarray(vector, dtype=np.float32),
-                  without_nul(dict(metadata or {})))
-            for chunk_id, document, metadata, vector in zip(got["ids"], got["documents"], got["metadatas"],
-                                                             got["embeddings"])]
-
-
-def _verify(source: Any, target: PgvectorStore, table: Table, name: str, ids: list[str],
-            sampler: random.Random) -> int:
-    """Every id this move answers for is in pgvector; a random sample compares whole (text, metadata, vector
-    to 1e-6, halfvec to its precision)."""
-    missing = set(ids) - set(target.fingerprints(name))
+def _verify(source: Source, target: Target, name: str, ids: list[str], sampler: random.Random) -> int:
+    """Every id this move answers for is in the target; a random sample compares whole: text, metadata, and the
+    vector to 1e-6 against the source's as the target stores it (halfvec: in half precision)."""
+    missing = set(ids) - target.ids(name)
     if missing:
-        raise PgvectorError(f"{name}: {len(missing)} chunks missing in pgvector after the copy (deleted from Chroma "
-                            "meanwhile? run again)")
+        raise CopyDiffers(f"{name}: {len(missing)} chunks missing in {target.engine} after the copy (deleted from "
+                          f"{source.engine} meanwhile? run again)")
     sample = sampler.sample(ids, min(SAMPLE, len(ids)))
-    wanted = {chunk.id: chunk for chunk in _read(source, sample)}
-    tolerance = 1e-3 if table.halfvec else TOLERANCE
+    wanted = {chunk.id: target.as_stored(chunk) for chunk in source.read(name, sample)}
     for chunk in target.read(name, sample):
         expected = wanted.get(chunk.id)
         if expected is None:
-            continue  # deleted from Chroma since: the next run removes it
-        vector = chunk.vector[:len(expected.vector)]
+            continue  # deleted from the source since: the next run removes it
         if (chunk.text != expected.text or chunk.metadata != expected.metadata
-                or not np.allclose(vector, expected.vector, atol=tolerance, rtol=0)):
-            raise PgvectorError(f"{name}: chunk {chunk.id} differs in pgvector after the copy")
+                or chunk.vector.shape != expected.vector.shape
+                or not np.allclose(chunk.vector, expected.vector, atol=TOLERANCE, rtol=0)):
+            raise CopyDiffers(f"{name}: chunk {chunk.id} differs in {target.engine} after the copy")
     return len(sample)
+
+
+def move_to_pgvector(client: Any, target: Any, *, dimension: int, only: list[str] | None = None,
+                     replace: bool = False, progress: bool = False, seed: int | None = None) -> StoreMove:
+    """Chroma (``client``) -> pgvector (``target``, a PgvectorStore), the table made for ``dimension``."""
+    from vector_bridge.move_chroma import ChromaSource
+    from vector_bridge.move_pgvector import PgvectorTarget, TableDoesNotFit
+
+    table = target.table() or target.create_table(dimension)
+    if table.dimension != dimension:
+        raise TableDoesNotFit(f"the target's table holds {table.dimension}-dimension vectors and the collections "
+                              f"hold {dimension}: Open WebUI would pad or cut them. Use an empty database.")
+    report = move(ChromaSource(client), PgvectorTarget(target, table), only=only, replace=replace, progress=progress,
+                  seed=seed)
+    report.dimension = dimension
+    for done in report.collections:
+        done.dimension = dimension
+    return report
+
+
+def move_to_chroma(source: Any, client: Any, settings: Any, *, only: list[str] | None = None, replace: bool = False,
+                   progress: bool = False, seed: int | None = None) -> tuple[StoreMove, Any]:
+    """pgvector (``source``, a PgvectorStore) -> the Chroma server ``client`` reaches; vectors in each collection's
+    real length (move_pgvector.real_dimensions)."""
+    from vector_bridge.move_chroma import ChromaTarget
+    from vector_bridge.move_pgvector import PgvectorSource, open_source_table, real_dimensions
+
+    table = open_source_table(source)
+    dimensions = real_dimensions(source, table, settings, only)
+    report = move(PgvectorSource(source, dimensions), ChromaTarget(client, ef_search=settings.chroma_ef_search),
+                  only=only, replace=replace, progress=progress, seed=seed, dimensions=dimensions.by_collection)
+    lengths = set(dimensions.by_collection.values())
+    report.dimension = lengths.pop() if len(lengths) == 1 else None
+    return report, dimensions

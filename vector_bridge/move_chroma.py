@@ -1,0 +1,223 @@
+"""Chroma's side of `migrate --to-store` (the loop is store_move.py): the Chroma server as a source, and as a
+target collections made as Open WebUI 0.12.4 makes them (``get_or_create_collection(name,
+metadata={"hnsw:space": "cosine"})``, no embedding function), ids, texts and metadata as the source has them.
+
+The record of what a move wrote lives on the Chroma side too, in the collection ``vector_bridge_moved_chunk``:
+one entry per chunk (id ``<collection>:<chunk id>``; Chroma's collection names cannot hold ``:``), with two
+fingerprints: of the chunk as sent, and of the row as Chroma then held it, read back (Chroma 1.5.9 hands back
+vector components up to about one float32 ulp from what it was sent, the same values on every later read,
+restarts included, so what it holds is not bit for bit what was sent). A later run changes or deletes only rows still as the move left them, so
+once Open WebUI runs on Chroma nothing it wrote there is undone.
+
+Chroma has no transaction spanning two collections, so a page is written in three steps: its entries are
+marked pending, the chunks are replaced (deleted, then added) or deleted, then the entries get their fingerprints (or go). A run
+killed in between leaves pending entries, and the next run takes each such row as the move's own, whatever
+it holds (only a move writes these collections until Open WebUI is switched, and the switch comes after a
+run that finished, which leaves nothing pending), so it compares and rewrites them like any other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.errors import ChromaError
+
+from vector_bridge.migrate import migration_part
+from vector_bridge.pgvector_store import Chunk
+from vector_bridge.shadow import all_ids
+from vector_bridge.store import METADATA_PAGE, MOVES_COLLECTION
+from vector_bridge.store_move import PAGE, Record, StoreMoveError, fingerprint
+
+# Open WebUI's collection settings (open_webui/retrieval/vector/dbs/chroma.py, insert and upsert).
+OPENWEBUI_COLLECTION_METADATA = {"hnsw:space": "cosine"}
+_NO_VECTOR = [1.0]  # the record's entries are looked up by id and metadata, never by vector; Chroma wants one
+
+
+class NothingToMove(StoreMoveError):
+    pass
+
+
+class MixedLengths(StoreMoveError):
+    pass
+
+
+class ChromaRefused(StoreMoveError):
+    pass
+
+
+def vector_length(client: ClientAPI, only: list[str] | None = None) -> int:
+    """The one vector length of the collections to move: pgvector's one table takes one length."""
+    lengths: dict[int, str] = {}
+    for collection in client.list_collections():
+        if _not_openwebuis(collection.name) or (only and collection.name not in only):
+            continue
+        first = collection.peek(1)
+        if first["embeddings"] is not None and len(first["embeddings"]):
+            lengths.setdefault(len(first["embeddings"][0]), collection.name)
+    if not lengths:
+        raise NothingToMove("no collection holds any chunk: nothing to move")
+    if len(lengths) > 1:
+        described = ", ".join(f"{length} ({name})" for length, name in sorted(lengths.items()))
+        raise MixedLengths(f"the collections hold vectors of different lengths: {described}; pgvector keeps all "
+                           "chunks in one table of one length: migrate them to one model first")
+    return next(iter(lengths))
+
+
+def _not_openwebuis(name: str) -> bool:
+    return bool(migration_part(name)) or name == MOVES_COLLECTION
+
+
+class ChromaSource:
+    engine = "Chroma"
+
+    def __init__(self, client: ClientAPI) -> None:
+        self.client = client
+
+    def names(self) -> tuple[list[str], list[str]]:
+        names = sorted(collection.name for collection in self.client.list_collections())
+        # migrate's shadows and kept old vectors are not the live store; the record is the move's own
+        return ([n for n in names if not _not_openwebuis(n)],
+                [n for n in names if migration_part(n)])
+
+    def ids(self, name: str) -> list[str]:
+        return all_ids(self.client.get_collection(name))
+
+    def read(self, name: str, ids: list[str]) -> list[Chunk]:
+        return _read(self.client.get_collection(name), ids)
+
+
+def _read(collection: Collection, ids: list[str]) -> list[Chunk]:
+    got = collection.get(ids=ids, include=["documents", "metadatas", "embeddings"])
+    return [Chunk(chunk_id, document or "", np.asarray(vector, dtype=np.float32), dict(metadata or {}))
+            for chunk_id, document, metadata, vector in zip(got["ids"], got["documents"], got["metadatas"],
+                                                             got["embeddings"])]
+
+
+def chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Values Chroma cannot hold, turned as Open WebUI's own Chroma client turns them (``process_metadata``):
+    None dropped, lists, dicts and datetimes as their text. Open WebUI stored pgvector's metadata through the
+    same function, so its chunks pass unchanged."""
+    converted = {}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        converted[key] = str(value) if isinstance(value, (list, dict, dt.datetime)) else value
+    return converted
+
+
+class ChromaTarget:
+    engine = "Chroma"
+
+    def __init__(self, client: ClientAPI, *, ef_search: int = 0) -> None:
+        self.client, self.ef_search = client, ef_search
+        self._record = client.get_or_create_collection(
+            MOVES_COLLECTION, metadata={"vector_bridge": "chunks vector-bridge migrate --to-store chroma wrote"},
+            embedding_function=None)
+        self._collections: dict[str, Collection] = {}
+
+    def _collection(self, name: str) -> Collection:
+        if name not in self._collections:
+            self._collections[name] = self.client.get_collection(name, embedding_function=None)
+        return self._collections[name]
+
+    def open(self, name: str) -> None:
+        collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
+                                                          embedding_function=None)
+        hnsw = (collection.configuration_json or {}).get("hnsw") or {}
+        if hnsw and hnsw.get("ef_search", 0) < self.ef_search:
+            # what `vector-bridge up` sets on every collection when Chroma starts (store.widen_hnsw_search)
+            collection.modify(configuration={"hnsw": {"ef_search": self.ef_search}})
+        self._collections[name] = collection
+        self._settle_pending(name)
+
+    def _entries(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        found, offset = [], 0
+        while True:
+            page = self._record.get(where={"collection": name}, include=["metadatas"], limit=METADATA_PAGE,
+                                    offset=offset)
+            found += list(zip(page["ids"], page["metadatas"]))
+            offset += len(page["ids"])
+            if len(page["ids"]) < METADATA_PAGE:
+                return found
+
+    def _settle_pending(self, name: str) -> None:
+        """A run killed mid-page: its rows are the move's, as they are now (see the module's docstring)."""
+        pending = {entry["chunk"]: key for key, entry in self._entries(name) if entry.get("pending")}
+        if not pending:
+            return
+        now = self._fingerprints(name, list(pending))
+        settled = [chunk_id for chunk_id in pending if chunk_id in now]
+        if settled:
+            self._record.upsert(ids=[pending[c] for c in settled], embeddings=[_NO_VECTOR] * len(settled),
+                                metadatas=[_entry(name, c, "", now[c]) for c in settled])
+        absent = [pending[c] for c in pending if c not in now]
+        if absent:
+            self._record.delete(ids=absent)
+
+    def ids(self, name: str) -> set[str]:
+        return set(all_ids(self._collection(name)))
+
+    def fingerprints(self, name: str) -> dict[str, str]:
+        return self._fingerprints(name, all_ids(self._collection(name)))
+
+    def _fingerprints(self, name: str, ids: list[str]) -> dict[str, str]:
+        found = {}
+        for start in range(0, len(ids), PAGE):
+            for chunk in _read(self._collection(name), ids[start:start + PAGE]):
+                found[chunk.id] = fingerprint(chunk)
+        return found
+
+    def written(self, name: str) -> dict[str, Record]:
+        return {entry["chunk"]: Record(entry["sent"], entry["stored"]) for _, entry in self._entries(name)
+                if not entry.get("pending")}
+
+    def as_stored(self, chunk: Chunk) -> Chunk:
+        return Chunk(chunk.id, chunk.text, np.asarray(chunk.vector, dtype=np.float32), chroma_metadata(chunk.metadata))
+
+    def write(self, name: str, chunks: list[Chunk]) -> None:
+        stored = [self.as_stored(chunk) for chunk in chunks]
+        ids = [chunk.id for chunk in stored]
+        keys = self._mark_pending(name, ids)
+        collection = self._collection(name)
+        try:
+            # Deleted, then added: an upsert would keep metadata keys the new chunk lacks (Chroma merges an
+            # existing record's metadata with the new, and keeps it whole for None).
+            collection.delete(ids=ids)
+            collection.add(ids=ids, embeddings=np.stack([chunk.vector for chunk in stored]),
+                           documents=[chunk.text for chunk in stored],
+                           metadatas=[chunk.metadata or None for chunk in stored])
+        except (ChromaError, ValueError) as error:  # the server's refusals, and the client's own checks
+            raise ChromaRefused(f"{name}: Chroma refused a page: {error}") from None
+        now = self._fingerprints(name, ids)  # what Chroma holds, a ulp off what was sent (module docstring)
+        self._record.upsert(ids=keys, embeddings=[_NO_VECTOR] * len(keys),
+                            metadatas=[_entry(name, chunk.id, fingerprint(chunk), now[chunk.id]) for chunk in stored])
+
+    def delete(self, name: str, ids: list[str]) -> None:
+        keys = self._mark_pending(name, ids)
+        self._collection(name).delete(ids=ids)
+        self._record.delete(ids=keys)
+
+    def _mark_pending(self, name: str, ids: list[str]) -> list[str]:
+        keys = [_key(name, chunk_id) for chunk_id in ids]
+        self._record.upsert(ids=keys, embeddings=[_NO_VECTOR] * len(keys),
+                            metadatas=[_entry(name, chunk_id, "", "", pending=True) for chunk_id in ids])
+        return keys
+
+    def read(self, name: str, ids: list[str]) -> list[Chunk]:
+        return _read(self._collection(name), ids)
+
+    def finish(self) -> None:
+        pass  # Chroma indexes as it goes
+
+
+def _key(name: str, chunk_id: str) -> str:
+    return f"{name}:{chunk_id}"
+
+
+def _entry(name: str, chunk_id: str, sent: str, stored: str, *, pending: bool = False) -> dict[str, Any]:
+    return {"collection": name, "chunk": chunk_id, "sent": sent, "stored": stored, "pending": pending}
+
