@@ -5,11 +5,26 @@ leave behind is reported as such, Open WebUI's own kinds of collection are known
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
 
+import numpy as np
+import psycopg
 import pytest
 
-from vector_bridge.doctor import Expected, Facts, Finding, diagnose
+from config import Settings, load_settings
+from tests.servers import REPO, free_port
+from vector_bridge.doctor import Expected, Facts, Finding, diagnose, pgvector_facts, pgvector_findings
+from vector_bridge.pgvector_store import PgvectorStore, vector_literal
+from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.openwebui import OpenWebUIError
 from vector_bridge.owners import Owners, openwebui_kind, read_owners
 from vector_bridge.store import CollectionInfo
@@ -149,3 +164,104 @@ def test_owners_are_confirmed_by_id_not_by_possibly_filtered_lists(listed: bool)
     assert {KB, f"file-{FILE}"} <= owners.alive and owners.users == {USER}
     assert owners.is_left_over(f"file-{UNSURE_FILE}") is (False if listed else None)  # a 500 is not a "gone"
     assert owners.is_left_over(f"user-memory-{GONE_USER}") is True
+
+
+# On pgvector: the table's facts read from a real PostgreSQL, each case in a schema of its own.
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Settings]:
+    root = Path(tempfile.mkdtemp(prefix="doctor-pg-"))
+    os.chmod(root, 0o711)  # run as root, PostgreSQL's unprivileged user passes through here
+    settings = load_settings(postgres_port=free_port(), postgres_path=root / "postgres", state_dir=root / "state",
+                             log_dir=root / "logs", port=free_port())  # no embeddings server listens there
+    service = postgres_service(settings)
+    try:
+        service.spawn()
+        service.wait_ready()
+        yield settings
+    finally:
+        service.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def table_in_schema(settings: Settings, schema: str, column: str | None, rows: int = 0,
+                    index: str | None = None) -> str:
+    """A document_chunk of ``column`` type in its own schema, ``rows`` unit vectors, then ``index`` built."""
+    with psycopg.connect(pgvector_url(settings), autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+        if column:
+            connection.execute(f"CREATE TABLE {schema}.document_chunk (id text PRIMARY KEY, vector {column}, "
+                               "collection_name text NOT NULL, text text, vmetadata jsonb)")
+            dimension = int(column.split("(")[1].rstrip(")"))
+            rng = np.random.default_rng(len(schema))
+            with connection.cursor() as cursor:
+                cursor.executemany(f"INSERT INTO {schema}.document_chunk VALUES (%s, %s, 'kb', 't', %s)",
+                                   [(f"c{i}", vector_literal(rng.standard_normal(dimension), dimension),
+                                     json.dumps({"embedding_config": repr({"engine": "openai", "model": MINILM})}))
+                                    for i in range(rows)])
+            if index:
+                connection.execute(f"CREATE INDEX idx_document_chunk_vector ON {schema}.document_chunk {index}")
+    return f"{pgvector_url(settings)}?options={quote(f'-csearch_path={schema},public', safe='')}"
+
+
+def pgvector_diagnosis(url: str, dimension: int = 384) -> list[Finding]:
+    with PgvectorStore(url) as store:
+        facts = pgvector_facts(store)
+    return pgvector_findings(facts, Expected("open-webui", "openai", MINILM, URL, dimension=dimension))
+
+
+@pytest.mark.slow
+def test_pgvector_table_findings(postgres: Settings) -> None:
+    [missing] = pgvector_diagnosis(table_in_schema(postgres, "no_table", None))
+    assert missing.severity == "warning" and "does not exist yet" in missing.message
+    assert "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH=384" in missing.fix
+
+    # Open WebUI's hnsw index on a table the model fits: nothing to say.
+    good = table_in_schema(postgres, "fits", "vector(384)", 20, "USING hnsw (vector vector_cosine_ops)")
+    assert pgvector_diagnosis(good) == []
+
+    # A 768-d model on a 384 table: Open WebUI cuts its vectors.
+    [cut] = pgvector_diagnosis(good, dimension=768)
+    assert cut.severity == "error" and "cuts every vector" in cut.message and "vector(384)" in cut.message
+    assert "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH=768" in cut.fix and "recreated" in cut.fix
+    assert "migrate --to-store chroma" in cut.fix and "embedding their files again" in cut.fix
+    [cut] = pgvector_diagnosis(good, dimension=3456)
+    assert "PGVECTOR_USE_HALFVEC=true" in cut.fix
+
+    # Above 2,000 dimensions as `vector`: pgvector indexes none of it.
+    [long] = pgvector_diagnosis(table_in_schema(postgres, "long", "vector(2500)", 5), dimension=2500)
+    assert long.severity == "warning" and "every search scans all 5 chunks" in long.message
+    assert "PGVECTOR_USE_HALFVEC=true" in long.fix
+    assert pgvector_diagnosis(table_in_schema(postgres, "long_half", "halfvec(2500)", 5,
+                                              "USING hnsw (vector halfvec_cosine_ops)"), dimension=2500) == []
+
+    # No index: fine while small; an ivfflat built on a few rows; an index Open WebUI's searches never use.
+    [none] = pgvector_diagnosis(table_in_schema(postgres, "no_index", "vector(384)", 30))
+    assert none.severity == "info" and "no usable vector index" in none.message and "hnsw" in none.fix
+    [early] = pgvector_diagnosis(table_in_schema(postgres, "early_ivfflat", "vector(384)", 30,
+                                                 "USING ivfflat (vector vector_cosine_ops) WITH (lists = 100)"))
+    assert early.severity == "warning" and "100 lists" in early.message and "30 chunks" in early.message
+    assert "REINDEX INDEX idx_document_chunk_vector once the table holds 5000 chunks" in early.fix
+    findings = pgvector_diagnosis(table_in_schema(postgres, "l2", "vector(384)", 30,
+                                                  "USING hnsw (vector vector_l2_ops)"))
+    assert [f.severity for f in findings] == ["warning", "info"]
+    assert "not for cosine distance" in findings[0].message and "no usable vector index" in findings[1].message
+
+
+@pytest.mark.slow
+def test_doctor_on_pgvector_reads_the_models_length_from_its_configuration(postgres: Settings) -> None:
+    """The whole command, with the embeddings server down: the served model's length comes from its files."""
+    url = table_in_schema(postgres, "cli", "vector(256)", 3, "USING hnsw (vector vector_cosine_ops)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBED_", "OPENWEBUI_"))} | {
+        "EMBED_STORE": "pgvector", "EMBED_PGVECTOR_URL": url, "EMBED_PORT": str(postgres.port), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.run([sys.executable, "-m", "vector_bridge.cli", "doctor", "--json"], capture_output=True,
+                             text=True, cwd=REPO, env=env, timeout=300)
+    assert process.returncode == 1, process.stderr
+    result = json.loads(process.stdout)
+    assert result["openwebui"]["dimension"] == 384 and result["pgvector"]["table"]["dimension"] == 256
+    [cut] = [f for f in result["findings"] if f["severity"] == "error"]
+    assert "cuts every vector" in cut["message"] and "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH=384" in cut["fix"]
+    # the table's length is the table's finding, not one per collection
+    assert not [f for f in result["findings"] if f["collection"] == "kb" and "dimension" in f["message"]]
+    password = (postgres.state_dir / "postgres-openwebui.password").read_text().strip()
+    assert password not in process.stdout + process.stderr

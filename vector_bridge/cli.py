@@ -303,6 +303,13 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
     expected = facts.expected
     print(f"Open WebUI embeds with {expected.model} ({expected.dimension or '?'} dimensions) via {expected.url} "
           f"[from {expected.source}]")
+    pg = facts.pgvector
+    if pg is not None:
+        indexes = ", ".join(f"{index.name} ({index.method}{'' if index.valid else ', invalid'})"
+                            for index in pg.indexes) or "none"
+        print("pgvector: no document_chunk table yet" if pg.table is None else
+              f"pgvector: document_chunk holds {pg.rows} chunks as {'halfvec' if pg.table.halfvec else 'vector'}"
+              f"({pg.table.dimension}); vector indexes: {indexes}")
     print(f"{'collection':<44} {'chunks':>8} {'dim':>6}  model")
     for info in facts.collections:
         model = info.model or ("mixed" if len(info.models) > 1 else "?")

@@ -17,12 +17,16 @@ from config import Settings
 from vector_bridge.embeddings import EmbeddingsClient, EmbeddingsError, ModelNotServed
 from vector_bridge.migrate import migration_part
 from vector_bridge.openwebui import OpenWebUIClient, OpenWebUIError
-from vector_bridge.openwebui_env import openwebui_environment
+from vector_bridge.openwebui_env import (HALFVEC_MAX_INDEXED, PGVECTOR_MAX_INDEXED, model_dimension,
+                                         openwebui_environment)
 from vector_bridge.owners import Owners, openwebui_kind, read_owners
+from vector_bridge.pgvector_store import TABLE, PgvectorStore, Table, VectorIndex
 from vector_bridge.restore import restore_part
 from vector_bridge.store import MOVES_COLLECTION, CollectionInfo, connect, describe_all
 
 Severity = Literal["error", "warning", "info"]
+# Rows per list an ivfflat index needs when it is built (Open WebUI waits for 50 x lists before it builds one).
+IVFFLAT_TRAINING_ROWS = 50
 # Collections chats use, which Open WebUI lists nowhere: reported together, never judged one by one.
 UNJUDGED = {
     "web-search": "web search results (web-search-*): each search's pages, kept for the chat that ran it",
@@ -51,6 +55,15 @@ class Expected:
 
 
 @dataclass
+class PgvectorFacts:
+    """Open WebUI's one chunk table as PostgreSQL describes it."""
+
+    table: Table | None  # None: not created yet
+    rows: int = 0
+    indexes: list[VectorIndex] = field(default_factory=list)  # on the vector column
+
+
+@dataclass
 class Facts:
     collections: list[CollectionInfo]
     expected: Expected
@@ -58,6 +71,7 @@ class Facts:
     owners: Owners | None  # Open WebUI's files, Knowledge bases and users as an admin sees them; None: not checked
     versions: dict[str, str | None] = field(default_factory=dict)  # server API, our chromadb, Open WebUI's
     notes: list[str] = field(default_factory=list)
+    pgvector: PgvectorFacts | None = None  # on pgvector only
 
 
 def diagnose(facts: Facts) -> list[Finding]:
@@ -70,8 +84,11 @@ def diagnose(facts: Facts) -> list[Finding]:
     if expected.problem:
         found.append(Finding("error", expected.problem, "serve that model (config/models.toml) or switch Open "
                                                         "WebUI to a served one with vector-bridge openwebui-apply"))
+    if facts.pgvector is not None:
+        found += pgvector_findings(facts.pgvector, expected)
     for info in facts.collections:
-        found += _collection_findings(info, expected, facts.owners)
+        # On pgvector every chunk has the table's length (padded): the table's findings judge the length.
+        found += _collection_findings(info, expected, facts.owners, lengths=facts.pgvector is None)
     for kind, what in UNJUDGED.items():
         count = sum(1 for info in facts.collections if openwebui_kind(info.name)[0] == kind
                     and not restore_part(info.name) and not migration_part(info.name))
@@ -92,7 +109,74 @@ def diagnose(facts: Facts) -> list[Finding]:
     return found
 
 
-def _collection_findings(info: CollectionInfo, expected: Expected, owners: Owners | None) -> list[Finding]:
+def pgvector_findings(pg: PgvectorFacts, expected: Expected) -> list[Finding]:
+    """What Open WebUI's pgvector table does to this model's vectors and to search speed."""
+    dimension, model = expected.dimension, expected.model
+    if pg.table is None:
+        fix = ("start Open WebUI with the environment `vector-bridge openwebui-env --store pgvector` prints"
+               + (f" (PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH={dimension}: Open WebUI's default is 1536)"
+                  if dimension else "") + ", or bring the Chroma store over: vector-bridge migrate --to-store pgvector")
+        return [Finding("warning", f"the table {TABLE} does not exist yet: Open WebUI has not started on this "
+                                   "database, and creates it at its first start with the length it is given then", fix)]
+    found = []
+    table, kind = pg.table, "halfvec" if pg.table.halfvec else "vector"
+    recreate = ("Open WebUI reads it only when it creates the table, so the table must be recreated: "
+                + ("drop it (DROP TABLE document_chunk) and restart Open WebUI" if not pg.rows else
+                   "move its chunks out (vector-bridge migrate --to-store chroma), drop it (DROP TABLE document_chunk), "
+                   "start Open WebUI with the new setting and move them back (vector-bridge migrate --to-store "
+                   "pgvector)"))
+    if dimension and dimension > table.dimension:
+        halfvec = " and PGVECTOR_USE_HALFVEC=true" if dimension > PGVECTOR_MAX_INDEXED else ""
+        if pg.rows:
+            # Moving mends only chunks of models that fit: those this model wrote lost their tails already.
+            recreate += (f"; chunks {model} stored there hold cut vectors, which only embedding their files "
+                         "again repairs")
+        fix = (f"set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH={dimension}{halfvec}; {recreate}"
+               if dimension <= HALFVEC_MAX_INDEXED else
+               f"serve a model of at most {HALFVEC_MAX_INDEXED} dimensions on pgvector (it indexes no longer vectors)")
+        found.append(Finding("error", f"{model} gives {dimension}-dimension vectors, but {TABLE} holds {kind}"
+                                      f"({table.dimension}): Open WebUI silently cuts every vector it stores and "
+                                      "every query to that length, so searches compare cut vectors", fix))
+    limit = HALFVEC_MAX_INDEXED if table.halfvec else PGVECTOR_MAX_INDEXED
+    usable = [index for index in pg.indexes if index.valid and index.cosine]
+    if table.dimension > limit:
+        if table.halfvec or table.dimension > HALFVEC_MAX_INDEXED:
+            fix = f"serve a model of at most {HALFVEC_MAX_INDEXED} dimensions on pgvector"
+        else:
+            fix = f"set PGVECTOR_USE_HALFVEC=true (indexes up to {HALFVEC_MAX_INDEXED} dimensions); {recreate}"
+        found.append(Finding("warning", f"{TABLE}.vector is {kind}({table.dimension}), longer than pgvector indexes as "
+                                        f"{kind} ({limit}): every search scans all {pg.rows} chunks", fix))
+        return found
+    for index in pg.indexes:
+        if not index.valid:
+            found.append(Finding("warning", f"the vector index {index.name} is invalid (its build was interrupted): "
+                                            "PostgreSQL never uses it", f"REINDEX INDEX {index.name}"))
+        elif not index.cosine:
+            found.append(Finding("warning", f"the vector index {index.name} is not for cosine distance, which Open "
+                                            f"WebUI searches by, so it is never used ({index.definition})",
+                                 f"DROP INDEX {index.name}, then restart Open WebUI with PGVECTOR_INDEX_METHOD=hnsw "
+                                 "(it creates idx_document_chunk_vector at start)"))
+    hnsw_fix = ("restart Open WebUI with PGVECTOR_INDEX_METHOD=hnsw: it creates idx_document_chunk_vector at start "
+                "(its default, ivfflat, waits until the table holds 5,000 chunks)")
+    if not usable:
+        busy = pg.rows >= IVFFLAT_TRAINING_ROWS * 100
+        found.append(Finding("warning" if busy else "info",
+                             f"no usable vector index on {TABLE}: every search scans all {pg.rows} chunks"
+                             + ("" if busy else " (quick at this size)"), hnsw_fix))
+    for index in usable:
+        if index.method == "ivfflat" and index.lists and pg.rows < IVFFLAT_TRAINING_ROWS * index.lists:
+            found.append(Finding("warning", f"the ivfflat index {index.name} has {index.lists} lists but the table "
+                                            f"holds {pg.rows} chunks, so it was built on fewer than the "
+                                            f"{IVFFLAT_TRAINING_ROWS} per list its centroids need: they do not fit "
+                                            "the data, and searches miss close chunks",
+                                 f"REINDEX INDEX {index.name} once the table holds "
+                                 f"{IVFFLAT_TRAINING_ROWS * index.lists} chunks, or DROP INDEX {index.name} and "
+                                 + hnsw_fix))
+    return found
+
+
+def _collection_findings(info: CollectionInfo, expected: Expected, owners: Owners | None, *,
+                         lengths: bool = True) -> list[Finding]:
     name = info.name
     restoring = restore_part(name)
     if restoring is not None:  # what an interrupted `vector-bridge restore` left; the same run finishes it
@@ -126,7 +210,7 @@ def _collection_findings(info: CollectionInfo, expected: Expected, owners: Owner
         found.append(Finding("error", f"{name}: embedded with {info.model}, but Open WebUI embeds queries with "
                                       f"{expected.model}: its searches here return nothing or noise",
                              f"vector-bridge migrate --to {expected.model} --collection {name}", name))
-    if expected.dimension and info.dimension and info.dimension != expected.dimension:
+    if lengths and expected.dimension and info.dimension and info.dimension != expected.dimension:
         found.append(Finding("error", f"{name}: vectors of dimension {info.dimension}, {expected.model} gives "
                                       f"{expected.dimension} (Open WebUI: 'expecting embedding with dimension of "
                                       f"{info.dimension}, got {expected.dimension}')",
@@ -166,7 +250,18 @@ def gather(settings: Settings, webui: OpenWebUIClient | None) -> Facts:
         notes.append("no Open WebUI token: orphans not checked, expected model taken from these settings")
     versions = {"chroma_server_api": client.get_version(), "chromadb": importlib.metadata.version("chromadb"),
                 "openwebui_chromadb": _openwebui_chroma_version(settings)}
-    return Facts(collections, expected, settings.embeddings_url, owners, versions, notes)
+    pgvector = None
+    if settings.store == "pgvector":
+        versions = {"pgvector": client.get_version()}  # Open WebUI's chromadb client plays no part
+        pgvector = pgvector_facts(client.store)
+    return Facts(collections, expected, settings.embeddings_url, owners, versions, notes, pgvector)
+
+
+def pgvector_facts(store: PgvectorStore) -> PgvectorFacts:
+    table = store.table()
+    if table is None:
+        return PgvectorFacts(None)
+    return PgvectorFacts(table, store.count(), store.vector_indexes())
 
 
 def _expected(settings: Settings, webui: OpenWebUIClient | None, notes: list[str]) -> Expected:
@@ -183,7 +278,13 @@ def _expected(settings: Settings, webui: OpenWebUIClient | None, notes: list[str
     except ModelNotServed:
         expected.problem = f"Open WebUI embeds with {expected.model!r}, which this server does not serve"
     except EmbeddingsError as error:
-        notes.append(f"dimension not checked: {error}")
+        if any(expected.model in spec.names for spec in settings.models):
+            # The server is down, but its configuration tells the length all the same (openwebui-env reads it too).
+            expected.dimension = model_dimension(settings, expected.model)
+            notes.append(f"the embeddings server did not answer ({error}); {expected.model}'s dimension was read "
+                         "from the served models' configuration")
+        else:
+            notes.append(f"dimension not checked: {error}")
     return expected
 
 
@@ -217,4 +318,5 @@ def report(facts: Facts, findings: list[Finding]) -> dict[str, Any]:
         "findings": [asdict(f) for f in findings],
         "versions": facts.versions,
         "notes": facts.notes,
+        "pgvector": asdict(facts.pgvector) if facts.pgvector else None,
     }
