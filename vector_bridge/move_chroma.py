@@ -19,6 +19,7 @@ run that finished, which leaves nothing pending), so it compares and rewrites th
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ from vector_bridge.store_move import PAGE, Record, StoreMoveError, fingerprint
 # Open WebUI's collection settings (open_webui/retrieval/vector/dbs/chroma.py, insert and upsert).
 OPENWEBUI_COLLECTION_METADATA = {"hnsw:space": "cosine"}
 _NO_VECTOR = [1.0]  # the record's entries are looked up by id and metadata, never by vector; Chroma wants one
+
+
+log = logging.getLogger(__name__)
 
 
 class NothingToMove(StoreMoveError):
@@ -157,6 +161,8 @@ class ChromaTarget:
         absent = [pending[c] for c in pending if c not in now]
         if absent:
             self._record.delete(ids=absent)
+        log.info("took over a killed run's page", extra={"collection": name, "present": len(settled),
+                                                         "absent": len(absent)})
 
     def ids(self, name: str) -> set[str]:
         return set(all_ids(self._collection(name)))
