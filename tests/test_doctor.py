@@ -227,6 +227,10 @@ def test_pgvector_table_findings(postgres: Settings) -> None:
     assert "migrate --to-store chroma" in cut.fix and "embedding their files again" in cut.fix
     [cut] = pgvector_diagnosis(good, dimension=3456)
     assert "PGVECTOR_USE_HALFVEC=true" in cut.fix
+    # A shorter model is padded: it works, at a cost.
+    [padded] = pgvector_diagnosis(good, dimension=256)
+    assert padded.severity == "info" and "pads each with zeros" in padded.message and "1.5 times" in padded.message
+    assert "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH=256" in padded.fix
 
     # Above 2,000 dimensions as `vector`: pgvector indexes none of it.
     [long] = pgvector_diagnosis(table_in_schema(postgres, "long", "vector(2500)", 5), dimension=2500)

@@ -137,6 +137,11 @@ def pgvector_findings(pg: PgvectorFacts, expected: Expected) -> list[Finding]:
         found.append(Finding("error", f"{model} gives {dimension}-dimension vectors, but {TABLE} holds {kind}"
                                       f"({table.dimension}): Open WebUI silently cuts every vector it stores and "
                                       "every query to that length, so searches compare cut vectors", fix))
+    elif dimension and dimension < table.dimension:
+        found.append(Finding("info", f"{model} gives {dimension}-dimension vectors and {TABLE} holds "
+                                     f"{kind}({table.dimension}): Open WebUI pads each with zeros, so the table, its "
+                                     f"index and every search carry {table.dimension / dimension:.1f} times the work",
+                             f"PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH={dimension}; {recreate}"))
     limit = HALFVEC_MAX_INDEXED if table.halfvec else PGVECTOR_MAX_INDEXED
     usable = [index for index in pg.indexes if index.valid and index.cosine]
     if table.dimension > limit:
