@@ -129,8 +129,11 @@ class ChromaTarget:
         return self._collections[name]
 
     def open(self, name: str) -> None:
-        collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
-                                                          embedding_function=None)
+        try:
+            collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
+                                                              embedding_function=None)
+        except (ChromaError, ValueError) as error:  # a name Chroma does not take, say
+            raise ChromaRefused(f"{name}: Chroma refused the collection: {error}") from None
         hnsw = (collection.configuration_json or {}).get("hnsw") or {}
         if hnsw and hnsw.get("ef_search", 0) < self.ef_search:
             # what `vector-bridge up` sets on every collection when Chroma starts (store.widen_hnsw_search)
