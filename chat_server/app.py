@@ -16,7 +16,7 @@ from chat_server.answering import Answering
 from chat_server.generators import Generator
 from chat_server.generators.local import LocalGenerator
 from chat_server.generators.openai_compatible import OpenAICompatibleGenerator
-from chat_server.gate import DIRECT_ROUTES, ChatGate
+from chat_server.gate import DIRECT_ROUTES, ChatGate, SocketSlots, body_limit
 from chat_server.routes.documents import UploadSlots
 from chat_server.routes import completions, health
 from chat_server.routes import direct, documents, page
@@ -74,11 +74,15 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(direct.router)
     app.include_router(documents.router)
     app.include_router(page.router)
-    app.state.chat_keys = KeyGuard([], settings.chat_rate_limit)  # the WebSocket counts its questions itself
+    # Two budgets of chat_rate_limit: each credential's, checked from the headers alone, and each Open WebUI
+    # user's (caller.count_chat), once Open WebUI has said whose the credential is.
+    chat_keys = KeyGuard([], settings.chat_rate_limit)
+    app.state.chat_users = KeyGuard([], settings.chat_rate_limit)  # the WebSocket counts its questions here too
+    app.state.sockets = SocketSlots(settings.chat_max_sockets_per_host)
     app.state.uploads = UploadSlots(total=4)
-    gate = ChatGate(KeyGuard([], settings.rate_limit), app.state.chat_keys, app.state.failed_attempts,
+    gate = ChatGate(KeyGuard([], settings.rate_limit), chat_keys, app.state.failed_attempts,
                     user=(*USER_ROUTES, *DIRECT_ROUTES))
-    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes, gate=gate)
+    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=body_limit(settings), gate=gate)
     return app
 
 

@@ -33,3 +33,11 @@ class UploadTooLarge(APIError):
     status_code = 413
     type = "invalid_request_error"
     code = "upload_too_large"
+
+
+class TooManySockets(APIError):
+    """A client address already holds as many chat sockets as one address may: the socket closes with 1013."""
+
+    status_code = 429
+    type = "requests"
+    code = "too_many_sockets"

@@ -1,5 +1,11 @@
-"""Who may call what on the chat server, and how often: embed_server's access gate, plus a per-credential
-limit of its own on the routes that generate or upload, and the WebSocket left to authenticate itself.
+"""Who may call what on the chat server, how often and how much: embed_server's access gate, plus a
+per-credential pre-check of its own on the routes that generate or upload, body limits per route, and the
+WebSocket left to authenticate itself (within a cap of open sockets per address).
+
+The chat rate limit is the Open WebUI user's (``caller.count_chat``, once Open WebUI has said who holds the
+credential): every sign-in to Open WebUI mints a new token, so a limit per credential alone would give a
+user a fresh budget per sign-in. The gate still holds each credential to the same limit before anything is
+asked of Open WebUI, which keeps a flood of made-up credentials cheap to refuse.
 
 A browser cannot set headers on a WebSocket, so the chat socket takes the caller's credential in its first
 message (never in the URL, which proxies and access logs keep) and checks it, and each question's rate
@@ -8,11 +14,17 @@ limit, itself. Every other path is judged exactly as by ``AccessGate``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from chat_server.errors import TooManySockets
+from config import Settings
 from embed_server.auth import AccessGate, FailedAttempts, KeyGuard, bearer_token, key_identity, under
 from embed_server.errors import APIError, AuthenticationFailed, RateLimited
 
-# Routes that generate text or upload files: the costly ones, limited per credential by chat_rate_limit.
+# Routes that generate text or upload files: the costly ones, limited per user by chat_rate_limit.
 CHAT_ROUTES = ("/v1/chat/completions", "/api/chat", "/api/documents")
+# The one route whose body is not JSON: files, bounded by chat_upload_max_bytes and max_request_bytes.
+UPLOAD_ROUTES = ("/api/documents",)
 # The direct API's routes that answer only what the caller may read: a Bearer credential is required here.
 DIRECT_ROUTES = ("/api/chat", "/api/documents", "/api/knowledge")
 CHAT_SOCKET = "/api/chat/ws"
@@ -35,3 +47,38 @@ class ChatGate(AccessGate):
         except (RateLimited, AuthenticationFailed) as error:
             return error
         return None
+
+
+def body_limit(settings: Settings) -> Callable[[str], int]:
+    """The largest body a path of the chat (or Pipelines) server takes. JSON is a question and its history:
+    megabytes are plenty, and a cap well under the upload limit keeps memory per request small."""
+    json_limit = min(settings.chat_max_json_bytes, settings.max_request_bytes)
+    return lambda path: settings.max_request_bytes if under(path, UPLOAD_ROUTES) else json_limit
+
+
+class SocketSlots:
+    """Open chat sockets per client address, at most ``per_host`` (0: no cap). Every socket counts from its
+    handshake, before it authenticates: one that never sends a credential still holds a connection."""
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._open: dict[str, int] = {}
+
+    def take(self, host: str | None) -> None:
+        """Count one more socket from ``host``; TooManySockets (nothing counted) when it holds its cap."""
+        key = host or "unknown"
+        if self.per_host and self._open.get(key, 0) >= self.per_host:
+            raise TooManySockets(f"Too many chat sockets from this address: at most {self.per_host} may be open "
+                                 "at once. Close one, then connect again.")
+        self._open[key] = self._open.get(key, 0) + 1
+
+    def release(self, host: str | None) -> None:
+        key = host or "unknown"
+        left = self._open.get(key, 0) - 1
+        if left > 0:
+            self._open[key] = left
+        else:
+            self._open.pop(key, None)  # no entry per address that ever connected
+
+    def held(self, host: str | None) -> int:
+        return self._open.get(host or "unknown", 0)

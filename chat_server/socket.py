@@ -10,7 +10,8 @@ Protocol (JSON text messages):
   [...]}``, then ``{"type": "done"}``. One question at a time; the socket then takes the next.
 - server, on a refused question: ``{"type": "error", "status": <HTTP status>, "error": {OpenAI-shaped}}``
   (429 adds ``retry_after`` seconds); the socket stays open. A credential that fails closes it with 1008
-  after the error, an unexpected failure with 1011.
+  after the error, an unexpected failure with 1011, and a socket over the cap of open sockets per client
+  address (chat_max_sockets_per_host) with 1013 after a 429 ``too_many_sockets``.
 
 The credential travels in a message, not a cookie, so another site's page cannot ride a user's login to open
 this socket (no cross-site WebSocket hijacking): it would have to know the key.
@@ -26,12 +27,13 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette import status
 
-from chat_server.caller import readable_bases
+from chat_server.caller import chat_identity, readable_bases
 from chat_server.direct import ask, choose, knowledge_field, parse_question
-from chat_server.errors import GeneratorDown
+from chat_server.errors import GeneratorDown, TooManySockets
 from chat_server.generators import GeneratorUnavailable
 from chat_server.sources import sources_field
-from embed_server.auth import KeyGuard, key_identity
+from chat_server.gate import SocketSlots
+from embed_server.auth import KeyGuard
 from embed_server.errors import APIError, AuthenticationFailed, InvalidRequest, PermissionDenied, RateLimited, error_body
 from vector_bridge.access import KnowledgeBase
 
@@ -48,9 +50,20 @@ class ChatSocket:
         self.socket = socket
         self.app = socket.app
         self.token = ""
+        self.identity = ""  # whose chat budget the questions spend (caller.chat_identity)
 
     async def serve(self) -> None:
+        slots: SocketSlots = self.app.state.sockets
+        host = self.socket.client.host if self.socket.client else None
         await self.socket.accept()
+        try:
+            slots.take(host)
+        except TooManySockets as error:
+            # Accepted first so the client reads why: a refused handshake shows a browser only "failed".
+            log.warning("chat socket refused", extra={"event": "chat_sockets_full", "client": host,
+                                                      "open": slots.held(host), "cap": slots.per_host})
+            await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER, "too many chat sockets from this address")
+            return
         try:
             await self._authenticate()
             while True:
@@ -61,6 +74,8 @@ class ChatSocket:
             log.exception("chat socket failed", extra={"error": type(error).__name__})
             await self._close_after(APIError("The server had an error processing the request."),
                                     status.WS_1011_INTERNAL_ERROR)
+        finally:
+            slots.release(host)
 
     async def _receive(self, timeout: float | None = None) -> Any:
         """The next message as JSON; an unreadable one is answered with a 400 and skipped. ``timeout`` bounds
@@ -96,6 +111,7 @@ class ChatSocket:
                 "Authorization header."), status.WS_1008_POLICY_VIOLATION)
         try:
             bases = await self._readable()
+            self.identity = await chat_identity(self.socket, self.token)
         except APIError as error:  # Open WebUI down: the client may try again later
             raise await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER) from None
         await self._send({"type": "ready", "knowledge": knowledge_field(bases)})
@@ -114,8 +130,8 @@ class ChatSocket:
                 message = {key: value for key, value in message.items() if key != "type"}
             elif isinstance(message, dict):
                 raise InvalidRequest(f"Unknown message type '{str(message.get('type'))[:40]}'.", param="type")
-            chat_keys: KeyGuard = self.app.state.chat_keys
-            chat_keys.count(key_identity(self.token))  # before parsing: malformed questions count too
+            chat_users: KeyGuard = self.app.state.chat_users
+            chat_users.count(self.identity)  # before parsing: malformed questions count too
             question = parse_question(message)
             bases = choose(await self._readable(), question.knowledge)
             answer = await ask(self.app.state.answering, bases, question)
@@ -149,11 +165,12 @@ class ChatSocket:
             message["retry_after"] = int(error.headers["Retry-After"])
         await self._send(message)
 
-    async def _close_after(self, error: APIError, code: int) -> _Closed:
-        """Send ``error``, close with ``code``; the caller raises what this returns, to end the socket."""
+    async def _close_after(self, error: APIError, code: int, reason: str | None = None) -> _Closed:
+        """Send ``error``, close with ``code`` (and ``reason``, which a browser's close event shows); the caller
+        raises what this returns, to end the socket."""
         try:
             await self._send_error(error)
-            await self.socket.close(code)
+            await self.socket.close(code, reason)
         except (_Closed, WebSocketDisconnect, RuntimeError):
             pass
         return _Closed()

@@ -201,11 +201,18 @@ class Settings(BaseSettings):
         default="auto", description="Stream Open WebUI's source events: auto sends them when the request "
         "carries Open WebUI's forwarded user headers (ENABLE_FORWARD_USER_INFO_HEADERS).")
     chat_rate_limit: str | None = Field(
-        default="60/minute", description="Per caller credential on the routes that generate or upload "
+        default="60/minute", description="Per Open WebUI user on the routes that generate or upload "
         "(/v1/chat/completions, /api/chat and its WebSocket's questions, /api/documents), in the `limits` "
-        "notation; counted on top of rate_limit. Empty: no limit.")
+        "notation; each credential is also held to it before Open WebUI is asked whose it is. Counted on top "
+        "of rate_limit. Empty: no limit.")
     chat_upload_max_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="The largest /api/documents "
                                        "upload, all its files together (max_request_bytes bounds it too).")
+    chat_max_json_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="The largest body of every "
+                                     "other chat and Pipelines route (JSON: a question and its history); "
+                                     "over it, 413 (max_request_bytes bounds it too).")
+    chat_max_sockets_per_host: int = Field(default=8, ge=0, description="Chat WebSockets one client address "
+                                           "may hold open at once (behind a reverse proxy every user shares "
+                                           "its address); 0: no cap.")
 
     # The Pipelines server (Open WebUI's Pipelines protocol), run by the chat server next to its own port
     pipelines_host: str = "127.0.0.1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,15 +45,28 @@ def route_label(path: str) -> str:
     return "other"
 
 
-class RequestGuard:
-    """Refuses requests the access gate refuses (before a byte of their body is read) and bodies over
-    ``max_bytes`` with 413, then counts and logs every request."""
+class BodyTooLarge(RequestTooLarge):
+    """Raised from ``receive`` once a body passes its limit while it arrives: whatever the route makes of
+    its cut-off body, the client gets this 413."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_bytes: int, gate: AccessGate) -> None:
+
+class RequestGuard:
+    """Refuses requests the access gate refuses (before a byte of their body is read) and bodies over their
+    limit with 413 (announced ones before a byte is read, chunked ones as soon as they pass it), then counts
+    and logs every request.
+
+    ``max_bytes`` is one limit, or the limit for a route's path. ``detail_errors`` names the paths whose
+    routes answer errors as ``{"detail": ...}`` (Open WebUI's Pipelines protocol); every other path gets
+    OpenAI's error shape.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_bytes: int | Callable[[str], int], gate: AccessGate,
+                 detail_errors: Callable[[str], bool] | None = None) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes if callable(max_bytes) else (lambda path, limit=max_bytes: limit)
         self.gate = gate
+        self.detail_errors = detail_errors or (lambda path: False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -74,15 +88,18 @@ class RequestGuard:
         try:
             client_host = scope["client"][0] if scope.get("client") else None
             authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-            refusal = self.gate.refusal(route_path(scope), authorization, client_host)
+            path = route_path(scope)
+            detail = self.detail_errors(path)
+            refusal = self.gate.refusal(path, authorization, client_host)
             if refusal is not None:
-                await _send_error(send_and_record, refusal)
+                await _send_error(send_and_record, refusal, detail)
                 return
-            body_receive = await self._bounded_receive(headers, receive)
-            if body_receive is None:
-                await _send_error(send_and_record, RequestTooLarge(f"Request body is larger than {self.max_bytes} bytes."))
-            else:
-                await self.app(scope, body_receive, send_and_record)
+            limit = self.max_bytes(path)
+            length = headers.get(b"content-length")
+            if length is not None and not (length.isdigit() and int(length) <= limit):
+                await _send_error(send_and_record, _too_large(limit), detail)
+                return
+            await _BoundedBody(self.app, limit, detail)(scope, receive, send_and_record)
         finally:
             elapsed = time.perf_counter() - started
             route = route_label(scope["path"])
@@ -105,43 +122,61 @@ class RequestGuard:
         await receive()  # websocket.connect
         await send({"type": "websocket.close", "code": 1008})  # policy violation
 
-    async def _bounded_receive(self, headers: dict[bytes, bytes], receive: Receive) -> Receive | None:
-        """``receive`` itself when the declared length fits; a replay of the read body otherwise.
 
-        None when the body is over the limit.
-        """
-        length = headers.get(b"content-length")
-        if length is not None:
-            return receive if length.isdigit() and int(length) <= self.max_bytes else None
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return receive
-        chunks, size = [], 0
-        while True:
+class _BoundedBody:
+    """Runs the app with a ``receive`` that counts the body as it arrives, never holding it.
+
+    The body is not read ahead: the route runs at once and can refuse a caller (an upload's credential,
+    checked with Open WebUI) before a byte of it is read. Once the body passes ``limit``, ``receive`` raises
+    BodyTooLarge and the client gets the 413, in place of whatever response the route then starts
+    (FastAPI turns a failed body read into a 400).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, detail: bool) -> None:
+        self.app, self.limit, self.detail = app, limit, detail
+        self.size = 0
+        self.over = False
+        self.started = False  # a response has begun: too late to answer 413
+        self.replaced = False  # the 413 went out in place of the route's response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted() -> Message:
             message = await receive()
-            if message["type"] != "http.request":
-                return receive
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return None
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        delivered = False
+            if message["type"] == "http.request":
+                self.size += len(message.get("body", b""))
+                if self.size > self.limit:
+                    self.over = True
+                    raise BodyTooLarge(_too_large(self.limit).message)
+            return message
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def answer(message: Message) -> None:
+            if self.replaced:
+                return  # the rest of the route's own answer to its cut-off body
+            if self.over and not self.started:
+                self.started = self.replaced = True
+                await _send_error(send, _too_large(self.limit), self.detail)
+                return
+            if message["type"] == "http.response.start":
+                self.started = True
+            await send(message)
 
-        return replay
+        try:
+            await self.app(scope, counted, answer)
+        except Exception:
+            if not self.over or self.started:
+                raise
+            await _send_error(send, _too_large(self.limit), self.detail)
 
 
-async def _send_error(send: Send, error: APIError) -> None:
-    """An OpenAI-shaped error, sent without reading the request body; the connection closes after it."""
-    body = orjson.dumps(error_body(error.message, error.type, param=error.param, code=error.code))
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request body is larger than {limit} bytes.")
+
+
+async def _send_error(send: Send, error: APIError, detail: bool = False) -> None:
+    """An OpenAI-shaped error (or ``{"detail": message}``), sent without reading the request body; the
+    connection closes after it."""
+    body = orjson.dumps({"detail": error.message} if detail else
+                        error_body(error.message, error.type, param=error.param, code=error.code))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
     headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()]

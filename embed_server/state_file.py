@@ -83,19 +83,25 @@ def _read_if_present(path: Path) -> bytes | None:
         return None
 
 
-def set_aside(path: Path, reason: str) -> Path | None:
-    """Rename a damaged file to ``<name>.corrupt-<UTC time>`` and log it; None if even that fails."""
-    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}")
+def set_aside(path: Path, reason: str, *, what: str = "state file", event: str = "state_file_corrupt",
+              then: str = "starting afresh") -> Path | None:
+    """Rename a damaged file (or folder) to ``<name>.corrupt-<UTC time>`` and log it; None if even that fails."""
+    target = corrupt_name(path)
     try:
         with locked(path):
             os.replace(path, target)
     except OSError as error:
-        log.error("state file is damaged and could not be moved aside; starting afresh in memory",
-                  extra={"event": "state_file_corrupt", "path": str(path), "reason": reason, "error": str(error)})
+        log.error(f"{what} is damaged and could not be moved aside; {then}",
+                  extra={"event": event, "path": str(path), "reason": reason, "error": str(error)})
         return None
-    log.warning("state file is damaged; moved aside, starting afresh",
-                extra={"event": "state_file_corrupt", "path": str(path), "reason": reason, "moved_to": str(target)})
+    log.warning(f"{what} is damaged; moved aside, {then}",
+                extra={"event": event, "path": str(path), "reason": reason, "moved_to": str(target)})
     return target
+
+
+def corrupt_name(path: Path) -> Path:
+    """Where ``set_aside`` moves ``path``: beside it, named by the time, never a name anything else uses."""
+    return path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}")
 
 
 def remove_stale_temporaries(path: Path, older_than_seconds: float = 3600) -> None:
@@ -107,6 +113,16 @@ def remove_stale_temporaries(path: Path, older_than_seconds: float = 3600) -> No
                 leftover.unlink(missing_ok=True)
     except OSError:
         pass  # only tidying: never a reason to fail a start
+
+
+def fsync_file(path: Path) -> None:
+    """Push a file written by someone else's code (a library that takes a path) to the disk before it is
+    renamed into place: a rename that reaches the disk before the data leaves an empty file under the name."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def fsync_folder(folder: Path) -> None:

@@ -3,15 +3,20 @@ stack: real Open WebUI, our embeddings server and store, the chat server on the 
 
 Alice asks over her private Knowledge and gets the right abstracts as sources, the same over HTTP and the
 WebSocket; Bob reaches none of it by any route; uploads land in Open WebUI's own Knowledge and answer; a
-headless Chromium uses the page; per-credential rate limits answer 429 on a server of their own.
+headless Chromium uses the page; rate limits answer 429 on servers of their own, per user (two sign-ins of
+one user share one budget). Bodies over the JSON cap are 413 before (announced) or while (chunked) they
+arrive, an unauthenticated upload is refused before its body is read, and one address holds a bounded number
+of sockets.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import socket as sockets
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +25,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.chat_stack import QUESTIONS, People, chat_service
+from tests.chat_stack import QUESTIONS, ChatServer, People, chat_service
 from tests.conftest import ARTIFACTS
 from tests.stack import Stack
+from vector_bridge.openwebui import OpenWebUIClient
 
 pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
 
@@ -229,6 +235,172 @@ def test_rate_limits_are_per_credential_on_every_chat_route(chat_stack: Stack, p
         assert ask(url, bob, question=question, max_tokens=4).status_code == 200
     finally:
         service.stop()
+
+
+def test_two_sign_ins_of_one_user_share_one_chat_budget(chat_stack: Stack, people: People) -> None:
+    from tests.test_bridge import SECRETS
+
+    # Every sign-in to Open WebUI mints a new token: a budget per credential would be one per sign-in.
+    email, password = f"carol-{secrets.token_hex(3)}@example.com", secrets.token_urlsafe(16)
+    people.admin._call("POST", "/api/v1/auths/add", json={"name": "Carol", "email": email, "password": password,
+                                                           "role": "user"})
+    first, second = (OpenWebUIClient(chat_stack.settings.openwebui_url).sign_in(email, password)["token"]
+                     for _ in range(2))
+    SECRETS.update({password, first, second})
+    assert first != second
+    service, url = chat_service(chat_stack, "chat-per-user", EMBED_CHAT_RATE_LIMIT="3/minute")
+    service.spawn()
+    try:
+        service.wait_ready()
+        question = next(iter(people.questions))
+        assert ask(url, first, question=question, max_tokens=4).status_code == 200
+        with socket(url, first) as connection:
+            assert socket_ask(connection, question=question, max_tokens=4)[-1]["type"] == "done"
+        assert ask(url, second, question=question, max_tokens=4).status_code == 200  # the third of Carol's three
+        limited = ask(url, second, question=question, max_tokens=4)  # second's own count is only 2
+        assert_openai_error(limited, 429, "rate_limit_exceeded")
+        assert 0 < int(limited.headers["Retry-After"]) <= 60
+        with socket(url, second) as connection:
+            [error] = socket_ask(connection, question=question)
+            assert error["status"] == 429 and error["error"]["code"] == "rate_limit_exceeded"
+        completions = httpx.post(f"{url}/chat/completions", headers=bearer(first), timeout=60, json={
+            "model": "knowledge-all", "messages": [{"role": "user", "content": "hi"}]})
+        assert_openai_error(completions, 429, "rate_limit_exceeded")
+        assert ask(url, people.bob["api_key"], question=question, max_tokens=4).status_code == 200  # Bob's own
+    finally:
+        service.stop()
+
+
+MiB = 1024 * 1024
+
+
+def raw_exchange(url: str, head: str, chunks: Iterator[bytes] = iter(()), timeout: float = 30) -> tuple[str, float]:
+    """Sends ``head`` (request line and headers), then ``chunks`` as they come, and reads the answer without
+    ever finishing the body: (text, seconds). A server that read the whole body first would never answer."""
+    address = httpx.URL(url)
+    started = time.perf_counter()
+    with sockets.create_connection((address.host, address.port), timeout=timeout) as connection:
+        connection.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                connection.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it answered and closed before the body was sent: its answer is what counts
+        received = []
+        try:
+            while piece := connection.recv(65536):
+                received.append(piece)
+        except ConnectionResetError:
+            pass  # closed with some of the request unread; what came before the reset is its answer
+    return b"".join(received).decode("latin-1"), time.perf_counter() - started
+
+
+def chunked(total: int, piece: int = 256 * 1024) -> Iterator[bytes]:
+    """A JSON-looking body a few bytes over ``total`` in HTTP/1.1 chunks, with no closing chunk. It ends
+    right past the limit: bytes sent after it would be unread when the server closes, and the reset that
+    follows could swallow its answer."""
+    yield b'%x\r\n{"question": "q", "history": "\r\n' % len(b'{"question": "q", "history": "')
+    for _ in range(total // piece):
+        yield b"%x\r\n%s\r\n" % (piece, b"x" * piece)
+
+
+def parse_answer(text: str) -> tuple[int, dict]:
+    head, _, body = text.partition("\r\n\r\n")
+    return int(head.split(" ", 2)[1]), json.loads(body)
+
+
+def test_json_bodies_over_the_cap_are_413_announced_or_chunked(chat_server: ChatServer, people: People) -> None:
+    chat, key = root(chat_server.url), people.admin_key
+    for path in ("/api/chat", "/v1/chat/completions"):
+        # 5 MiB announced, not a byte sent: refused from the header alone.
+        answer, seconds = raw_exchange(chat, f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                                             f"Content-Type: application/json\r\nContent-Length: {5 * MiB}\r\n\r\n")
+        status, body = parse_answer(answer)
+        assert status == 413 and body["error"]["code"] == "request_too_large" and seconds < 10, answer[:300]
+        assert str(4 * MiB) in body["error"]["message"]
+        # Chunked, no length: refused once 4 MiB have arrived, while the body is still coming.
+        answer, _ = raw_exchange(chat, f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                 chunked(4 * MiB))
+        status, body = parse_answer(answer)
+        assert status == 413 and set(body["error"]) == {"message", "type", "param", "code"}, answer[:300]
+        assert body["error"]["code"] == "request_too_large"
+    # Under the cap the route reads it: a 3 MiB body with a field /api/chat does not know is its 400.
+    fits = httpx.post(f"{chat}/api/chat", json={"question": "q", "padding": "x" * (3 * MiB)}, headers=bearer(key),
+                      timeout=120)
+    assert "padding" in assert_openai_error(fits, 400)["message"]
+    # The Pipelines server: OpenAI's shape on its OpenAI route, the protocol's {"detail": ...} on the others.
+    pipes = chat_server.pipelines_url
+    for path, shape in (("/v1/chat/completions", "error"), ("/knowledge-filter/filter/inlet", "detail"),
+                        ("/v1/knowledge-filter/filter/inlet", "detail")):
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {chat_server.pipelines_key}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        status, body = parse_answer(raw_exchange(pipes, head, chunked(4 * MiB))[0])
+        assert status == 413 and list(body) == [shape], (path, body)
+    assert httpx.get(f"{chat}/health", timeout=60).json() == {"status": "ok"}
+
+
+def test_an_unauthenticated_chunked_upload_is_refused_before_its_body_is_read(chat: str, people: People) -> None:
+    boundary = "b0undary"
+    head = ("POST /api/documents HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n")
+    start = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n"
+             "Content-Type: text/plain\r\n\r\n").encode() + b"a" * 4096
+    for auth in ("", "Authorization: Bearer sk-made-up-0123456789\r\n"):
+        # One chunk of the upload and no end: the answer must come from the headers and Open WebUI alone.
+        answer, seconds = raw_exchange(root(chat), head.format(auth=auth), iter([b"%x\r\n%s\r\n" % (len(start), start)]))
+        status, body = parse_answer(answer)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key" and seconds < 20, answer[:300]
+    # A chunked upload with a credential Open WebUI accepts is read to its end and lands, as any other.
+    note = b"Chunked harbour note: the grey ferry Osprey-3 leaves pier 9 at noon."
+
+    def parts() -> Iterator[bytes]:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"knowledge_name\"\r\n\r\nAlice chunked\r\n"
+               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ferry.txt\"\r\n"
+               "Content-Type: text/plain\r\n\r\n").encode()
+        yield note
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    landed = httpx.post(f"{root(chat)}/api/documents", content=parts(), timeout=600, headers={
+        **bearer(people.alice["api_key"]), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert landed.status_code == 200, landed.text
+    assert [(f["name"], f["status"]) for f in landed.json()["files"]] == [("ferry.txt", "uploaded")]
+
+
+@contextmanager
+def ready_socket(chat: str, key: str) -> Iterator[ClientConnection]:
+    """An authenticated socket, once the server has counted the ones closed just before as closed (it learns
+    of a close a moment after the client's close handshake ends)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with socket(chat, additional_headers=bearer(key)) as connection:  # nothing to send before the answer
+            first = receive(connection)
+            if first["type"] == "ready":
+                yield connection
+                return
+        assert first["error"]["code"] == "too_many_sockets" and time.monotonic() < deadline, first
+        time.sleep(0.2)
+
+
+def test_one_address_holds_a_bounded_number_of_chat_sockets(chat: str, people: People) -> None:
+    key = people.alice["api_key"]
+    with ExitStack() as held:
+        for _ in range(8):  # the default cap
+            held.enter_context(ready_socket(chat, key))
+        with socket(chat) as refused:
+            error = receive(refused)
+            assert error["status"] == 429 and error["error"]["code"] == "too_many_sockets", error
+            assert "at most 8" in error["error"]["message"]
+            with pytest.raises(ConnectionClosed) as closed:
+                refused.recv(timeout=60)
+            assert closed.value.rcvd.code == 1013 and "too many chat sockets" in closed.value.rcvd.reason
+        # Another address is not held to this one's sockets.
+        with socket(chat, key, source_address=("127.0.0.2", 0)) as other:
+            assert socket_ask(other, question=next(iter(people.questions)), max_tokens=4)[-1]["type"] == "done"
+    # Closed sockets free their places.
+    with ExitStack() as again:
+        for _ in range(8):
+            again.enter_context(ready_socket(chat, key))
 
 
 @pytest.fixture(scope="module")

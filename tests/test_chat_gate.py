@@ -1,12 +1,14 @@
-"""The chat server's gate and upload names, without a stack: which path needs what, and what a client's
-file name may become."""
+"""The chat server's gate and upload names, without a stack: which path needs what, how large its body may
+be, how many sockets an address may hold, and what a client's file name may become."""
 
 from __future__ import annotations
 
 import pytest
 
-from chat_server.gate import CHAT_SOCKET, DIRECT_ROUTES, ChatGate
+from chat_server.errors import TooManySockets
+from chat_server.gate import CHAT_SOCKET, DIRECT_ROUTES, ChatGate, SocketSlots, body_limit
 from chat_server.uploads import safe_name
+from config import load_settings
 from embed_server.auth import FailedAttempts, KeyGuard
 
 
@@ -68,3 +70,31 @@ def test_uploads_go_one_per_credential_and_a_few_in_all() -> None:
         slots.pool.shutdown()
 
     asyncio.run(run())
+
+
+def test_json_routes_take_4_mib_and_uploads_the_request_limit() -> None:
+    limit = body_limit(load_settings(models=[]))
+    for path in ("/api/chat", "/v1/chat/completions", "/knowledge-filter/filter/inlet", "/v1/chat/completions/x"):
+        assert limit(path) == 4 * 1024 * 1024, path
+    assert limit("/api/documents") == 32 * 1024 * 1024
+    assert body_limit(load_settings(models=[], max_request_bytes=1000))("/api/chat") == 1000  # the lower one wins
+    assert body_limit(load_settings(models=[], chat_max_json_bytes=10))("/api/chat") == 10
+
+
+def test_sockets_per_address_are_capped_and_freed() -> None:
+    slots = SocketSlots(per_host=2)
+    slots.take("10.0.0.1")
+    slots.take("10.0.0.1")
+    with pytest.raises(TooManySockets, match="at most 2"):
+        slots.take("10.0.0.1")
+    assert slots.held("10.0.0.1") == 2  # a refused socket is not counted
+    slots.take("10.0.0.2")  # another address has its own places
+    slots.release("10.0.0.1")
+    slots.take("10.0.0.1")
+    for _ in range(2):
+        slots.release("10.0.0.1")
+    slots.release("10.0.0.2")
+    assert slots._open == {}  # nothing kept per address that has gone
+    unlimited = SocketSlots(per_host=0)
+    for _ in range(100):
+        unlimited.take("10.0.0.1")

@@ -1,9 +1,14 @@
 """runtime = "onnx": the graph is built once, atomically and reproducibly, and serves vectors close to
-the fp32 torch model's. Speed is measured by bench/embeddings.py, not here."""
+the fp32 torch model's; a damaged cached graph is found and rebuilt, and a cache other users could write
+to is refused. Speed is measured by bench/embeddings.py, not here."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +20,7 @@ from config import ModelSpec, SettingsError, load_settings
 from embed_server.backends import onnx_export
 from embed_server.backends.onnx import OnnxBackend
 from embed_server.backends.transformer import resolve_source
+from embed_server.private_dir import UnsafeDirectory
 from tests.reference import raw_embeddings
 from tests.servers import embed_server
 
@@ -86,6 +92,95 @@ def test_builds_are_reproducible(int8: OnnxBackend, tmp_path: Path) -> None:
     digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
     assert rebuilt.parent.name == int8.path.parent.name and rebuilt != int8.path
     assert digest(rebuilt) == digest(int8.path)
+
+
+def copy_of_cache(int8: OnnxBackend, cache: Path) -> Path:
+    """A cache folder of its own holding the int8 graph and its manifest, as a previous start left them."""
+    shutil.copytree(int8.path.parent, cache / "onnx" / int8.path.parent.name)
+    return cache / "onnx" / int8.path.parent.name / onnx_export.GRAPH_FILE
+
+
+def test_the_manifest_records_the_graphs_size_and_sha256(int8: OnnxBackend) -> None:
+    manifest = json.loads((int8.path.parent / onnx_export.MANIFEST_FILE).read_text())
+    data = int8.path.read_bytes()
+    assert manifest == {"graph": "model.onnx", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert sorted(p.name for p in int8.path.parent.iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_a_truncated_graph_is_rebuilt_and_serves_the_same_vectors(int8: OnnxBackend, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    graph = copy_of_cache(int8, tmp_path)
+    original = graph.read_bytes()
+    with graph.open("r+b") as file:  # what a power cut between write and rename could leave
+        file.truncate(len(original) // 3)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = OnnxBackend(ModelSpec(id="m", source=SOURCE, runtime="onnx", quantize="int8"), 2, tmp_path)
+    assert rebuilt.path == graph and graph.read_bytes() == original  # built again, to the same bytes
+    served = vectors(rebuilt, TEXTS)
+    assert np.allclose(served, vectors(int8, TEXTS), atol=1e-6)
+    assert (served * raw_embeddings(TEXTS)).sum(axis=1).min() >= 0.995
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "onnx_graph_corrupt"]
+    assert "bytes" in record.reason and record.path == str(graph.parent)
+    [aside] = (tmp_path / "onnx").glob(f"{graph.parent.name}.corrupt-*")
+    assert Path(record.moved_to) == aside and (aside / "model.onnx").stat().st_size == len(original) // 3
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "no manifest", "manifest not json"])
+def test_a_damaged_graph_is_detected(int8: OnnxBackend, tmp_path: Path, damage: str) -> None:
+    graph = copy_of_cache(int8, tmp_path)
+    assert onnx_export.read_verified(graph) == int8.path.read_bytes()
+    if damage == "flip a byte":
+        with graph.open("r+b") as file:
+            file.seek(graph.stat().st_size // 2)
+            byte = file.read(1)
+            file.seek(-1, os.SEEK_CUR)
+            file.write(bytes([byte[0] ^ 0x01]))
+        expected = "SHA-256"
+    elif damage == "no manifest":
+        (graph.parent / onnx_export.MANIFEST_FILE).unlink()
+        expected = "no manifest"
+    else:
+        (graph.parent / onnx_export.MANIFEST_FILE).write_text('{"bytes": 12')
+        expected = "unreadable"
+    with pytest.raises(onnx_export.GraphCorrupt, match=expected):
+        onnx_export.read_verified(graph)
+
+
+@pytest.mark.parametrize("where", ["cache", "onnx", "model"])
+def test_a_cache_other_users_can_write_to_is_refused(int8: OnnxBackend, tmp_path: Path, where: str) -> None:
+    cache = tmp_path / "cache"
+    graph = copy_of_cache(int8, cache)
+    folder = {"cache": cache, "onnx": cache / "onnx", "model": graph.parent}[where]
+    folder.chmod(folder.stat().st_mode | 0o002)  # o+w: anyone could plant a graph that would run as our model
+    with pytest.raises(UnsafeDirectory, match="all users can write to it") as refused:
+        OnnxBackend(ModelSpec(id="m", source=SOURCE, runtime="onnx", quantize="int8"), 2, cache)
+    assert str(folder) in str(refused.value) and refused.value.path == folder
+    folder.chmod(folder.stat().st_mode & ~0o022 | 0o020)  # g+w alone is refused too
+    with pytest.raises(UnsafeDirectory, match="its group can write to it"):
+        onnx_export.load_graph(resolve_source(SOURCE), "int8", cache, "m")
+    assert not list(cache.glob("onnx/*.corrupt-*")) and not list(cache.glob("onnx/.partial-*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a folder to another user")
+def test_a_cache_folder_of_another_user_is_refused(int8: OnnxBackend, tmp_path: Path) -> None:
+    graph = copy_of_cache(int8, tmp_path)
+    os.chown(graph.parent, 4242, 4242)
+    with pytest.raises(UnsafeDirectory, match=r"belongs to another user \(uid 4242\)") as refused:
+        onnx_export.load_graph(resolve_source(SOURCE), "int8", tmp_path, "m")
+    assert refused.value.path == graph.parent
+    os.chown(graph.parent, 0, 0)
+    os.chown(graph, 4242, 4242)  # a graph another user owns, in our folder
+    with pytest.raises(UnsafeDirectory, match="belongs to another user"):
+        onnx_export.load_graph(resolve_source(SOURCE), "int8", tmp_path, "m")
+
+
+def test_a_sticky_shared_folder_above_our_own_cache_is_accepted(int8: OnnxBackend, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: others may add entries, not move or replace ours
+    graph = copy_of_cache(int8, shared / "cache")
+    path, data = onnx_export.load_graph(resolve_source(SOURCE), "int8", shared / "cache", "m")
+    assert path == graph and data == int8.path.read_bytes()
 
 
 def test_missing_onnxruntime_is_a_settings_error_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chat_server.answering import Answering
+from chat_server.gate import body_limit
 from chat_server.pipelines.knowledge import KnowledgePipelines, PipelineError, plain_messages
 from chat_server.pipelines.valves import FilterValves, PipeValves, ValveStore, ValvesInvalid
 from chat_server.routes.completions import Reply
@@ -33,6 +34,7 @@ from vector_bridge.access import KnowledgeAccess
 FILTER_ID = "knowledge-filter"
 PIPE_ID = "knowledge-pipe"
 PLAIN_ID = "plain-generator"
+OPENAI_PATHS = ("/models", "/chat/completions")  # the rest speak the protocol's {"detail": ...}
 PIPELINES = {FILTER_ID: ("Knowledge context (filter)", "filter", FilterValves),
              PIPE_ID: ("Knowledge answers (pipe)", "pipe", PipeValves)}
 
@@ -144,8 +146,14 @@ def create_pipelines_app(settings: Settings, answering: Answering, access: Calla
     app.include_router(router, prefix="/v1")
     install_error_handlers(app)
     gate = AccessGate(KeyGuard([settings.pipelines_key.get_secret_value()], None), failures, keyed=("",), user=())
-    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=settings.max_request_bytes, gate=gate)
+    app.add_middleware(RequestGuard, metrics=metrics, max_bytes=body_limit(settings), gate=gate,
+                       detail_errors=_protocol_path)
     return app
+
+
+def _protocol_path(path: str) -> bool:
+    """Whether ``path`` is a protocol route (errors as ``{"detail": ...}``) rather than an OpenAI one."""
+    return path.removeprefix("/v1") not in OPENAI_PATHS
 
 
 async def _protocol(run: Callable[[], Any]) -> Any:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chat_server.answering import Answer, Answering
-from chat_server.caller import readable_bases
+from chat_server.caller import count_chat, readable_bases
 from chat_server.generators import GeneratorUnavailable
 from chat_server.schemas import ChatRequest
 from chat_server.sources import openwebui_citations, sources_field
@@ -49,6 +49,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.post("/v1/chat/completions", summary="An answer from the chosen Knowledge, with its sources")
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
     bases = await readable_bases(request)
+    await count_chat(request)
     chosen = bases if body.model == ALL else [base for base in bases if model_id(base) == body.model]
     if not chosen and body.model != ALL:
         # The same answer for a Knowledge base that does not exist and one the caller may not read.

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
 
-from chat_server.caller import readable_bases
+from chat_server.caller import count_chat, readable_bases
 from chat_server.direct import Question, ask, choose, knowledge_field, reply
 from chat_server.gate import CHAT_SOCKET
 from chat_server.socket import ChatSocket
@@ -21,7 +21,9 @@ router = APIRouter()
 @router.post("/api/chat", summary="An answer from the chosen Knowledge (default: all the caller may read), "
              "with its sources")
 async def chat(body: Question, request: Request) -> dict[str, Any]:
-    bases = choose(await readable_bases(request), body.knowledge)
+    readable = await readable_bases(request)
+    await count_chat(request)
+    bases = choose(readable, body.knowledge)
     answer = await ask(request.app.state.answering, bases, body)
     return reply(await answer.text(), answer, bases)
 

@@ -10,17 +10,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from chat_server.caller import readable_bases
+from chat_server.caller import count_chat, readable_bases
 from chat_server.direct import choose
 from chat_server.uploads import add_documents, received, target_fields
-from embed_server.auth import bearer_token, key_identity
+from embed_server.auth import bearer_token
 from embed_server.errors import InvalidRequest, RateLimited
 
 router = APIRouter()
 
 
 class UploadSlots:
-    """Uploads under way: a few at a time in all (their own threads) and one per credential at a time."""
+    """Uploads under way: a few at a time in all (their own threads) and one per user at a time."""
 
     def __init__(self, total: int) -> None:
         self.pool = ThreadPoolExecutor(max_workers=total, thread_name_prefix="upload")
@@ -44,9 +44,12 @@ class UploadSlots:
 async def documents(request: Request) -> dict[str, Any]:
     settings = request.app.state.settings
     token = bearer_token(request.headers.get("authorization"))
-    readable = await readable_bases(request)  # Open WebUI checks the credential before the route reads the body
+    # Open WebUI checks the credential, and the user's chat budget is counted, before a byte of the body is read:
+    # the server does not read ahead (RequestGuard), so a refused caller's upload is never received.
+    readable = await readable_bases(request)
+    caller = await count_chat(request, token)
     uploads: UploadSlots = request.app.state.uploads
-    async with uploads.slot(key_identity(token)), received(request, settings.chat_upload_max_bytes) as upload:
+    async with uploads.slot(caller), received(request, settings.chat_upload_max_bytes) as upload:
         knowledge_id, new_name = target_fields(upload.fields)
         if not upload.files:
             raise InvalidRequest("No file was sent: add one or more 'file' fields.", param="file")

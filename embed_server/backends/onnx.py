@@ -10,7 +10,7 @@ import numpy as np
 from config import ModelSpec
 from embed_server.backends.device import Placement
 from embed_server.backends.identity import weights_identity
-from embed_server.backends.onnx_export import ensure_graph
+from embed_server.backends.onnx_export import load_graph
 from embed_server.backends.transformer import TokenizerSide, resolve_source
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class OnnxBackend(TokenizerSide):
         folder = resolve_source(spec.source)  # type: ignore[arg-type]
         super().__init__(folder, spec)
         self.placement = placement or Placement("onnx", "cpu", spec.quantize or "fp32", 2048)
-        self.path = ensure_graph(folder, spec.quantize, cache_dir, spec.id)
+        self.path, graph = load_graph(folder, spec.quantize, cache_dir, spec.id)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -34,7 +34,9 @@ class OnnxBackend(TokenizerSide):
         # tokens/s without spinning).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        # The checked bytes, not the path: a file swapped after the check is never what runs.
+        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        del graph
         self._inputs = {item.name for item in self.session.get_inputs()}
         # The graph's folder is named by a digest of the weights, the recipe and the libraries' versions.
         self.identity = {"runtime": "onnx", "version": onnxruntime.__version__, "device": "cpu",

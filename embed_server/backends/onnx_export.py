@@ -11,12 +11,18 @@ runtimes"): per-tensor dynamic int8 (quantize_dynamic) is faster but put short q
 The cache key covers the weights, the recipe and the library versions, so a changed model or an
 upgrade builds a new graph instead of loading a stale one. A graph is built in a temporary folder
 and renamed into place whole: a killed export leaves only a ``.partial-*`` folder, never loaded.
+Before that rename the graph and then a manifest with its size and SHA-256 reach the disk (the
+files, then the folder entries), so a power cut leaves the old state or the whole new one. Every
+load reads the graph once, checks those bytes against the manifest and hands exactly them to ONNX
+Runtime: a truncated or altered graph (or one without a manifest) is moved aside and built again,
+and nothing is read from a cache folder another user could write to (``private_dir``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -24,11 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from embed_server.private_dir import check_private_dir, check_private_file, make_private_dirs
+from embed_server.state_file import fsync_file, fsync_folder, set_aside, write_atomic
+
 log = logging.getLogger(__name__)
 
 # Bump when the steps below change: old graphs are then rebuilt, not reused.
 RECIPE = "3"
 GRAPH_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"  # the graph's size and SHA-256, written after it
 OPSET = 17
 INT8_BLOCK = 128  # 32 measured closer still (0.9998 min) but slower; 128 kept every text above 0.999
 _PARTIAL = ".partial-"
@@ -37,6 +47,10 @@ _STALE_PARTIAL_SECONDS = 3600  # an export takes seconds; an older partial folde
 
 class ExportError(RuntimeError):
     """The model could not be turned into an ONNX graph."""
+
+
+class GraphCorrupt(RuntimeError):
+    """A cached graph does not match its manifest (or has none)."""
 
 
 def cache_key(folder: Path, quantize: str | None) -> str:
@@ -66,12 +80,57 @@ def graph_path(folder: Path, quantize: str | None, cache_dir: Path, name: str) -
 
 
 def ensure_graph(folder: Path, quantize: str | None, cache_dir: Path, name: str) -> Path:
-    """The cached graph, built first if it is not there."""
+    """The cached graph, checked, built first if it is not there or is damaged."""
+    return load_graph(folder, quantize, cache_dir, name)[0]
+
+
+def load_graph(folder: Path, quantize: str | None, cache_dir: Path, name: str) -> tuple[Path, bytes]:
+    """The cached graph's path and its bytes, checked against its manifest; built (again) when it is missing
+    or damaged. Raises UnsafeDirectory, before reading anything, for a cache another user could write to."""
     target = graph_path(folder, quantize, cache_dir, name)
-    if target.is_file():
-        return target
+    make_private_dirs(target.parent.parent)
+    check_private_dir(target.parent.parent)
+    for attempt in ("cached", "built"):
+        if target.parent.exists():
+            try:
+                return target, read_verified(target)
+            except GraphCorrupt as error:
+                if attempt == "built":  # a fresh build that fails its own manifest: stop, do not loop
+                    raise ExportError(f"the graph built for {name} does not match its manifest: {error}") from error
+                set_aside(target.parent, str(error), what="cached ONNX graph", event="onnx_graph_corrupt",
+                          then="building it again")
+        _build_in_place(folder, quantize, target)
+    raise AssertionError("unreachable")
+
+
+def read_verified(target: Path) -> bytes:
+    """The graph's bytes, once they match the manifest beside them. The same bytes go to ONNX Runtime, so a
+    file changed after the check is never what runs."""
+    check_private_dir(target.parent)
+    manifest_path = target.parent / MANIFEST_FILE
+    try:
+        check_private_file(manifest_path)
+        manifest = json.loads(manifest_path.read_bytes())
+        expected_size, expected_sum = int(manifest["bytes"]), str(manifest["sha256"])
+    except FileNotFoundError:
+        raise GraphCorrupt("it has no manifest (built by an older version, or cut off)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise GraphCorrupt(f"its manifest is unreadable ({type(error).__name__})") from None
+    try:
+        check_private_file(target)
+        data = target.read_bytes()
+    except FileNotFoundError:
+        raise GraphCorrupt("the graph file is missing") from None
+    if len(data) != expected_size:
+        raise GraphCorrupt(f"the graph has {len(data)} bytes, its manifest says {expected_size}")
+    found = hashlib.sha256(data).hexdigest()
+    if found != expected_sum:
+        raise GraphCorrupt(f"the graph's SHA-256 is {found[:16]}..., its manifest says {expected_sum[:16]}...")
+    return data
+
+
+def _build_in_place(folder: Path, quantize: str | None, target: Path) -> None:
     parent = target.parent.parent
-    parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(parent)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=parent))
@@ -80,11 +139,13 @@ def ensure_graph(folder: Path, quantize: str | None, cache_dir: Path, name: str)
     quiet.setLevel(logging.WARNING)  # it logs every layer it skips
     try:
         _build(folder, quantize, work)
+        _seal(work)
         try:
             os.rename(work, target.parent)  # atomic: the folder appears whole or not at all
         except OSError:
             if not target.is_file():  # not a concurrent build that finished first
                 raise
+        fsync_folder(parent)  # the rename itself must reach the disk too
     except Exception as error:
         raise ExportError(f"cannot export {folder} to ONNX: {type(error).__name__}: {error}") from error
     finally:
@@ -92,7 +153,24 @@ def ensure_graph(folder: Path, quantize: str | None, cache_dir: Path, name: str)
         shutil.rmtree(work, ignore_errors=True)
     log.info("onnx graph built", extra={"path": str(target), "quantize": quantize,
                                         "seconds": round(time.perf_counter() - started, 1)})
-    return target
+
+
+def _seal(work: Path) -> None:
+    """Make the built graph durable, then record its size and SHA-256 beside it; the manifest comes last, so
+    a manifest on disk vouches for a graph that is all there."""
+    graph = work / GRAPH_FILE
+    graph.chmod(0o644)  # whatever the umask: check_private_file refuses a graph others may write
+    fsync_file(graph)
+    digest = hashlib.sha256()
+    size = 0
+    with graph.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    manifest = work / MANIFEST_FILE
+    write_atomic(manifest, json.dumps({"graph": GRAPH_FILE, "bytes": size, "sha256": digest.hexdigest()}).encode())
+    manifest.with_name(manifest.name + ".lock").unlink(missing_ok=True)  # write_atomic's lock: nobody else writes here
+    fsync_folder(work)
 
 
 def _remove_stale_partials(parent: Path) -> None:
