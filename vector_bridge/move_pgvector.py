@@ -43,6 +43,7 @@ class PgvectorTarget:
 
     def __init__(self, store: PgvectorStore, table: Table) -> None:
         self.store, self.table = store, table
+        store.hold_writer_lock()
         store.prepare_moves()
 
     def open(self, name: str) -> None:

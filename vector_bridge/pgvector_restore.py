@@ -27,6 +27,7 @@ def restore_into_pgvector(client: PgvectorClient, path: Path, *, replace: bool =
     started = time.perf_counter()
     contents = read_contents(path)  # a damaged file is refused before anything is written
     store = client.store
+    store.hold_writer_lock()
     existing = store.collections() if client.table else {}
     clashes = [header.name for header in contents if existing.get(header.name)]
     if clashes and not replace:

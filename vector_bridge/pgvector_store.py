@@ -26,6 +26,7 @@ MOVES = "vector_bridge_moved_chunk"
 VECTOR_INDEX = "idx_document_chunk_vector"
 COLLECTION_INDEX = "idx_document_chunk_collection_name"
 HALFVEC_ABOVE = 2000  # pgvector indexes `vector` up to 2,000 dimensions, `halfvec` up to 4,000
+WRITER_LOCK = 0x76656374_6272  # an advisory lock key of our own ("vectbr")
 
 
 class PgvectorError(StoreError):
@@ -34,6 +35,10 @@ class PgvectorError(StoreError):
 
 class DoesNotFit(PgvectorError):
     """Vectors longer than the table's fixed length: Open WebUI would cut them, so they are refused."""
+
+
+class StoreBusy(PgvectorError):
+    """Another vector-bridge command is writing the store."""
 
 
 class IdTaken(PgvectorError):
@@ -72,7 +77,6 @@ class PgvectorStore:
     def __init__(self, url: str) -> None:
         import psycopg
 
-        self.url = url  # holds a password: kept for a second connection, never shown
         try:
             # Never prepared on the server: after five runs psycopg 3 would, and PostgreSQL may then pick a
             # generic plan that skips the HNSW index and compares every chunk (bench/store.py measured 63 ms
@@ -90,6 +94,16 @@ class PgvectorStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def hold_writer_lock(self) -> None:
+        """Be the one vector-bridge command writing this store (migrate, restore, a move into it) until this
+        connection ends: two interleaved would each undo the other's work. PostgreSQL releases the lock when
+        the connection goes, a killed process included."""
+        held = self._db.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()[0]
+        self._db.commit()
+        if not held:
+            raise StoreBusy("another vector-bridge command (migrate, restore or a store move) is writing this "
+                            "store; run this one when it has finished")
 
     def table(self) -> Table | None:
         """The chunk table's vector column, or None when Open WebUI (or we) have not created it yet."""
@@ -226,12 +240,17 @@ class PgvectorStore:
                 raise IdTaken(f"chunk id {taken[0]} of {collection} is already used by {taken[1]}: ids are "
                               "unique across pgvector's one table")
             with self._db.cursor() as cursor:
+                # A row another collection took after the check above is not overwritten: it is not counted,
+                # and the whole transaction is refused below.
                 cursor.executemany(
                     f"INSERT INTO {TABLE} (id, vector, collection_name, text, vmetadata) VALUES (%s, %s, %s, %s, %s) "
                     "ON CONFLICT (id) DO UPDATE SET vector = EXCLUDED.vector, text = EXCLUDED.text, "
-                    "vmetadata = EXCLUDED.vmetadata",
+                    f"vmetadata = EXCLUDED.vmetadata WHERE {TABLE}.collection_name = EXCLUDED.collection_name",
                     [(chunk.id, vector_literal(chunk.vector, table.dimension), collection, without_nul(chunk.text),
                       Jsonb(without_nul(chunk.metadata))) for chunk in chunks])
+                if cursor.rowcount != len(chunks):
+                    raise IdTaken(f"{len(chunks) - cursor.rowcount} chunk ids of {collection} were taken by another "
+                                  "collection meanwhile: ids are unique across pgvector's one table")
 
     def delete(self, collection: str, ids: list[str]) -> None:
         with self._db.transaction():
