@@ -190,3 +190,23 @@ def test_repair_removes_chunks_of_files_the_knowledge_base_does_not_list(store: 
         client.store.close()
     assert removed == 10
     assert {chunk.metadata["file_id"] for chunk in store.read("kb")} == {"kb-file-0", "kb-file-1"}
+
+
+def test_a_backup_holds_each_vector_without_the_tables_padding(settings: Settings, store: PgvectorStore,
+                                                               tmp_path: Path) -> None:
+    from vector_bridge.backup_file import decode_vector, records
+
+    table = store.create_table(1536)  # Open WebUI's default length, holding a 384-dimension model's vectors
+    found = chunks("kb", 20, 11)  # they record no model: Open WebUI's, the first served (MiniLM, 384)
+    store.upsert("kb", found, table)
+    backup = tmp_path / "padded.jsonl.gz"
+    code, _, err = run(settings, "backup", str(backup))
+    assert code == 0, err
+    assert {len(decode_vector(record["embedding"])) for record in records(backup) if "embedding" in record} == {DIM}
+
+    store._db.execute("DROP TABLE document_chunk")
+    store._db.commit()
+    code, _, err = run(settings, "restore", str(backup))
+    assert code == 0, err
+    assert store.table().dimension == DIM
+    assert_holds(store, "kb", found)

@@ -10,6 +10,10 @@ stores in a cosine collection (by one unit in the last place, measured: at most 
 values), so restored vectors match to that rounding, and every id, document and metadata exactly. A backup is
 written to ``FILE.partial`` (mode 0600) and renamed when complete: a killed backup never replaces a good
 file, and a restore refuses a file without its closing line.
+
+On pgvector every vector is padded with zeros to the table's fixed length; a backup holds each collection's
+vectors in the length of the model that made them (``lengths``, from move_pgvector.real_dimensions), so the
+file restores into Chroma as well as into a pgvector table of any length that fits.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from tqdm import tqdm
@@ -35,7 +40,7 @@ class CollectionChanged(BackupError):
     """Chunks disappeared from a collection while it was being backed up."""
 
 
-def _chunks(collection: Collection, ids: list[str]) -> Iterator[dict[str, Any]]:
+def _chunks(collection: Collection, ids: list[str], length: int | None = None) -> Iterator[dict[str, Any]]:
     for start in range(0, len(ids), PAGE):
         wanted = ids[start:start + PAGE]
         page = collection.get(ids=wanted, include=["documents", "metadatas", "embeddings"])
@@ -44,13 +49,19 @@ def _chunks(collection: Collection, ids: list[str]) -> Iterator[dict[str, Any]]:
             raise CollectionChanged(f"collection {collection.name}: {missing} chunks were deleted while it was "
                                     "being backed up; run the backup again (nothing was written)")
         for i, chunk_id in enumerate(page["ids"]):
+            vector = page["embeddings"][i]
+            if length is not None:
+                if np.any(np.asarray(vector)[length:]):
+                    raise BackupError(f"collection {collection.name}: chunk {chunk_id} has values beyond the "
+                                      f"{length} dimensions of the model it records: refusing to cut it")
+                vector = vector[:length]
             yield {"id": chunk_id, "document": page["documents"][i], "metadata": page["metadatas"][i],
-                   "embedding": encode_vector(page["embeddings"][i])}
+                   "embedding": encode_vector(vector)}
 
 
-def backup(client: ClientAPI, path: Path, *, collections: list[str] | None = None,
-           progress: bool = True) -> Summary:
-    """Write the named collections (default: all) to ``path``."""
+def backup(client: ClientAPI, path: Path, *, collections: list[str] | None = None, progress: bool = True,
+           lengths: dict[str, int] | None = None) -> Summary:
+    """Write the named collections (default: all) to ``path``, vectors cut to ``lengths`` where given."""
     started = time.perf_counter()
     names = sorted(c.name for c in client.list_collections()) if collections is None else collections
     targets = [client.get_collection(name) for name in names]
@@ -65,7 +76,7 @@ def backup(client: ClientAPI, path: Path, *, collections: list[str] | None = Non
                 bar.total = (bar.total or 0) + len(ids)
                 out.write(line({"collection": collection.name, "metadata": collection.metadata, "count": len(ids)}))
                 seen = 0
-                for chunk in _chunks(collection, ids):
+                for chunk in _chunks(collection, ids, (lengths or {}).get(collection.name)):
                     out.write(line(chunk))
                     seen += 1
                     bar.update()

@@ -466,12 +466,24 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.json and sys.stderr.isatty()
 
 
+def _model_lengths(client: object, settings: Settings, only: list[str] | None) -> dict[str, int] | None:
+    """On pgvector, each collection's vector length without the table's padding; Chroma keeps real lengths."""
+    from vector_bridge.pgvector_store import PgvectorClient
+
+    if not isinstance(client, PgvectorClient) or client.table is None:
+        return None
+    from vector_bridge.move_pgvector import real_dimensions
+
+    return real_dimensions(client.store, client.table, settings, only).by_collection
+
+
 def _backup_or_restore(args: argparse.Namespace, settings: Settings) -> int:
     progress = _show_progress(args)
     try:
         client = connect(settings)
         if args.command == "backup":
-            summary = backup(client, args.file, collections=args.collection, progress=progress)
+            summary = backup(client, args.file, collections=args.collection, progress=progress,
+                             lengths=_model_lengths(client, settings, args.collection))
         else:
             summary = restore(client, args.file, replace=args.replace, progress=progress)
     except (StoreError, BackupError) as error:
