@@ -4,11 +4,14 @@ With a plain hash, anyone who can read Redis could confirm a guess ("was this co
 by hashing it; with an HMAC they also need this secret, which never goes to Redis. Every replica
 must hold the same one to share entries, so it comes from the settings (a Docker or Kubernetes
 secret). Without one, a key is generated once in the state folder, owner-only: the cache then
-serves this replica (across its restarts) and no other.
+serves this replica (across its restarts) and no other. A key file that is a symbolic link, belongs
+to another user or that others may read is refused (the shared cache is then off): another user
+could have chosen that secret, or read it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -70,11 +73,33 @@ def _create(path: Path) -> None:
 
 
 def _read_private(path: Path) -> bytes:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CacheSecretError(f"cache key file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-                               "chmod 600 it")
-    secret = path.read_bytes().strip()
+    # Not through a symbolic link: whoever can write the state folder could otherwise make a file of
+    # their choice the secret, or learn it. Every check and the read on one descriptor, so the file
+    # cannot be swapped between them; O_NONBLOCK so that a FIFO put there cannot hang the start.
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CacheSecretError(f"cache key file {path} is a symbolic link; "
+                                   "replace it with the file itself") from None
+        raise
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheSecretError(f"cache key file {path} is not a regular file")
+        # Owner-only but another user's: they chose the secret, or can read it.
+        if info.st_uid != os.geteuid():
+            raise CacheSecretError(f"cache key file {path} is owned by another user (uid {info.st_uid}); "
+                                   "delete it to have a new one made")
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CacheSecretError(f"cache key file {path} is readable by other users "
+                                   f"(mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it")
+        chunks = []
+        while chunk := os.read(descriptor, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(descriptor)
+    secret = b"".join(chunks).strip()
     if len(secret) < MIN_CACHE_KEY_CHARS:
         raise CacheSecretError(f"cache key file {path} holds fewer than {MIN_CACHE_KEY_CHARS} characters; "
                                "delete it to have a new one made")

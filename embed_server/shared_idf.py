@@ -26,15 +26,23 @@ seeded from its last snapshot. Two things make that seed right:
   newer snapshot of that same epoch replaces the seed by its own, atomically (counts += new -
   seed), once: so a replica that was down and held an old snapshot cannot set the counts back for
   good by being first. Documents counted since the state was created stay counted.
+* A replica that holds no snapshot (a new one, or one whose snapshot file was set aside) can be the
+  first to notice too. It seeds from its own counts, with seed epoch "", leaving out its documents
+  not yet confirmed in the shared counts (they are added, once, right after). Such a seed gives way
+  to the first snapshot that holds more documents, by the same difference, and from then on to
+  newer snapshots of that snapshot's epoch. A replica whose snapshot holds fewer documents than
+  such a seed leaves it alone and does not mark its documents seen, since they are not in it.
 
 What this does not cover, honestly: a document embedded again in the new epoch through one replica
 before the replica that had seen it has joined (within one refresh interval of the loss, or until a
 replica that was down is back) counts twice, as do documents whose only replica is gone with its
 state folder. Documents added within the last refresh interval before the loss that no surviving
 snapshot holds are missing from the counts (and, marked seen by their replica, stay so), as are
-those a replica embedded before it ever shared counts (it marks them seen, though no seed holds
-them). Only a snapshot of the seed's own epoch can improve it. All of these move a few counts by a
-few documents; the replicas still agree with each other, which is what the queries need.
+those a replica without a snapshot seeded the state with when a snapshot then replaces that seed
+and does not hold them (documents it embedded before it ever shared counts: it marked them seen).
+Once a seed is a snapshot, only a newer snapshot of its epoch can improve it. All of these move a
+few counts by a few documents; the replicas still agree with each other, which is what the queries
+need.
 """
 
 from __future__ import annotations
@@ -89,12 +97,14 @@ class Snapshot:
 @dataclass(frozen=True)
 class Version:
     """Which state Redis holds and what it was seeded from (seed_epoch "" when from one replica's own
-    counts)."""
+    counts; seed_kept when the seed's counts are stored, so that it can be replaced)."""
 
     epoch: str
     generation: int
     seed_epoch: str
     seed_generation: int
+    seed_documents: int = 0
+    seed_kept: bool = False
 
 
 class SharedDocumentFrequencies:
@@ -114,9 +124,10 @@ class SharedDocumentFrequencies:
         self.snapshot: Snapshot | None = snapshot
         self._pending: deque[tuple[bytes, str]] = deque(pending, maxlen=_PENDING_LIMIT)
         self._saved_pending = len(self._pending)
-        # Documents new to this replica that the shared counts may not hold yet: never marked seen in
-        # a new epoch, or they would never be counted. Those waiting from before a restart included.
-        self._unconfirmed: set[bytes] = {digest for digest, _ in pending}
+        # Documents new to this replica that the shared counts may not hold yet (digest -> slots): never
+        # marked seen in a new epoch nor put in a seed, or they would never be counted, or be lost when
+        # a better seed replaces that one. Those waiting from before a restart included.
+        self._unconfirmed: dict[bytes, str] = dict(pending)
         # The epoch this replica has brought its documents to. Holding a snapshot of an epoch means
         # having joined it: a snapshot is only taken after joining.
         self._joined: str | None = snapshot.epoch if snapshot is not None else None
@@ -145,10 +156,11 @@ class SharedDocumentFrequencies:
         # document seen that is new to the shared counts.
         for text, s in zip(texts, slots):
             digest = document_digest(text)
+            encoded = ",".join(map(str, s))
             if self.local.add(text, s, digest) and s:
-                self._unconfirmed.add(digest)
+                self._unconfirmed[digest] = encoded
             if s:
-                batch.append((digest, ",".join(map(str, s))))
+                batch.append((digest, encoded))
         if not batch:
             return
         try:
@@ -162,7 +174,7 @@ class SharedDocumentFrequencies:
             log.warning("too many documents wait for Redis; the oldest count only in this replica's file",
                         extra={"event": "idf_pending_full", "model": self.model, "limit": _PENDING_LIMIT})
             for _ in range(min(overflow, len(self._pending))):
-                self._unconfirmed.discard(self._pending.popleft()[0])
+                self._unconfirmed.pop(self._pending.popleft()[0], None)
         self._pending.extend(batch)
         self.metrics.idf_pending.labels(self.model).set(len(self._pending))
 
@@ -179,7 +191,8 @@ class SharedDocumentFrequencies:
                 if version is not None:
                     await self._join(version)
             else:
-                self._unconfirmed.difference_update(digest for digest, _ in batch)
+                for digest, _ in batch:
+                    self._unconfirmed.pop(digest, None)
                 return int(added)
         raise StateReplaced("the shared IDF state kept changing during one update")
 
@@ -239,14 +252,15 @@ class SharedDocumentFrequencies:
             await asyncio.to_thread(self._save_snapshot)
 
     async def _version(self) -> Version | None:
-        fields = ("epoch", "generation", "seed_epoch", "seed_generation")
-        epoch, generation, seed_epoch, seed_generation = await self.link.call(
+        fields = ("epoch", "generation", "seed_epoch", "seed_generation", "seed_documents", "seed_kept")
+        epoch, generation, seed_epoch, seed_generation, seed_documents, seed_kept = await self.link.call(
             "idf_version", lambda client: client.hmget(self.keys[2], *fields))
         if epoch is None:
             return None
         # States made before seeds were recorded have none: no snapshot can improve them.
         return Version(epoch.decode(), int(generation), (seed_epoch or b"").decode(),
-                       int(seed_generation) if seed_generation is not None else -1)
+                       int(seed_generation) if seed_generation is not None else -1,
+                       int(seed_documents or 0), seed_kept == b"1")
 
     async def _fetch(self) -> Snapshot | None:
         async def read(client):
@@ -277,6 +291,11 @@ class SharedDocumentFrequencies:
         from_snapshot = known is not None and known.documents >= documents
         if from_snapshot:
             counts, documents = known.counts, known.documents
+        else:
+            # Documents not yet confirmed are added after the state exists, not seeded: a snapshot
+            # that replaces this seed later would otherwise drop them, marked seen, for good. Read
+            # with the counts, no await between, so both describe the same documents.
+            counts, documents, digests = self._without_unconfirmed(counts, documents, digests)
         seed = (known.epoch, known.generation) if from_snapshot else ("", -1)
         epoch, generation = secrets.token_hex(8), known.generation + 1 if known is not None else 0
         created = await self.link.call("idf_create", lambda client: self._create(
@@ -287,28 +306,52 @@ class SharedDocumentFrequencies:
             "event": "idf_state_created", "model": self.model, "documents": documents,
             "from": "the last shared snapshot" if from_snapshot else "this replica's counts",
             "seed_generation": seed[1]})
-        # Seeded from this replica's own counts: all of its documents are in them, waiting ones too.
-        await self._join(Version(epoch, generation, *seed), seeded_with=None if from_snapshot else digests)
+        # Seeded from this replica's own confirmed counts: exactly those documents are in the seed.
+        await self._join(Version(epoch, generation, *seed, documents, True),
+                         seeded_with=None if from_snapshot else digests)
+
+    def _without_unconfirmed(self, counts: np.ndarray, documents: int,
+                             digests: list[bytes]) -> tuple[np.ndarray, int, list[bytes]]:
+        # Only those in the own counts: after a lost counts file, waiting documents may not be.
+        known = set(digests)
+        left_out = [slots for digest, slots in self._unconfirmed.items() if digest in known]
+        for slots in left_out:
+            counts[[int(slot) for slot in slots.split(",") if slot]] -= 1
+        return counts, documents - len(left_out), [d for d in digests if d not in self._unconfirmed]
 
     async def _join(self, version: Version, seeded_with: list[bytes] | None = None) -> None:
         """Bring this replica's knowledge to a state it has not joined yet: mark its documents seen
         (they are in the seed, so embedding them again must not count them twice), and replace the
-        seed by this replica's snapshot when that is a newer one of the same previous state."""
+        seed by this replica's snapshot when that is a newer one of the same previous state, or one
+        holding more documents than a seed of one replica's own counts."""
         async with self._joining:
             if self._joined == version.epoch:
                 return
             known = self.snapshot
             if seeded_with is not None:
                 await self._mark(version.epoch, seeded_with)
-            elif known is not None and version.seed_epoch:
+            elif known is not None and self._seed_will_hold(version, known):
                 # Without a snapshot this replica never shared counts: its documents are in no seed.
+                # Marked before the seed is replaced, so that another replica embedding one of them
+                # in between does not count it a second time.
                 _, _, digests = self.local.state()
                 await self._mark(version.epoch, [d for d in digests if d not in self._unconfirmed])
-                if known.epoch == version.seed_epoch and known.generation > version.seed_generation:
+                if not version.seed_epoch or (known.epoch == version.seed_epoch
+                                              and known.generation > version.seed_generation):
                     await self._improve_seed(version, known)
             self._joined = version.epoch
         log.info("joined the shared IDF state", extra={"event": "idf_state_joined", "model": self.model,
                                                        "seed_generation": version.seed_generation})
+
+    @staticmethod
+    def _seed_will_hold(version: Version, known: Snapshot) -> bool:
+        """Whether this replica's documents are in the state's seed once it has joined: seeded from a
+        snapshot, or from one replica's own counts that this snapshot is about to replace (a seed of
+        epoch "" only ever gives way to more documents, so a smaller snapshot leaves it, and its
+        documents, out)."""
+        if version.seed_epoch:
+            return True
+        return version.seed_kept and known.documents > version.seed_documents
 
     async def _mark(self, epoch: str, digests: list[bytes]) -> None:
         # In pieces that each fit in one call's time. A piece lost to an outage is sent again at the

@@ -4,6 +4,8 @@ replicas that compute the same vectors and hold the same secret."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import secrets
 import shutil
 import stat
@@ -122,3 +124,45 @@ def test_a_generated_key_readable_by_others_is_refused(redis_server: RedisServer
     replica = Replica(redis_server, state, prefix, key=None)
     assert replica.registry.shared_cache is None  # served without the shared cache, not refused
     asyncio.run(replica.close())
+
+
+def refused_without_the_secret(replica: Replica, secret: str, caplog: pytest.LogCaptureFixture) -> str:
+    """Served without the shared cache, the reason logged (returned), and the secret in no log line."""
+    try:
+        assert replica.registry.shared_cache is None
+        [record] = [r for r in caplog.records if getattr(r, "event", None) == "redis_cache_off"]
+        assert record.levelno == logging.ERROR
+        assert secret not in caplog.text and secret not in record.error
+        return record.error
+    finally:
+        asyncio.run(replica.close())
+
+
+def test_a_generated_key_that_is_a_symbolic_link_is_refused(redis_server: RedisServer, tmp_path: Path, prefix: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Whoever can write the state folder could point the key at a file they chose, or read through it.
+    secret = "s" * 64
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(secret)
+    elsewhere.chmod(0o600)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / KEY_FILE).symlink_to(elsewhere)
+    with caplog.at_level(logging.ERROR):
+        replica = Replica(redis_server, state, prefix, key=None)
+    assert "symbolic link" in refused_without_the_secret(replica, secret, caplog)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_generated_key_owned_by_another_user_is_refused(redis_server: RedisServer, tmp_path: Path, prefix: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # Owner-only, but another user's: they chose the secret, or can read it.
+    secret = "o" * 64
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / KEY_FILE).write_text(secret)
+    (state / KEY_FILE).chmod(0o600)
+    os.chown(state / KEY_FILE, 65534, -1)
+    with caplog.at_level(logging.ERROR):
+        replica = Replica(redis_server, state, prefix, key=None)
+    assert "owned by another user" in refused_without_the_secret(replica, secret, caplog)

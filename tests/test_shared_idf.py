@@ -273,3 +273,106 @@ def test_the_idf_is_a_pure_function_of_the_counts() -> None:
     assert np.array_equal(bm25_idf(counts, 10), bm25_idf(counts.copy(), 10))
     assert np.array_equal(bm25_idf(counts, 0), np.ones(4, dtype=np.float32))
     assert bm25_idf(counts, 10)[0] > bm25_idf(counts, 10)[3]
+
+
+def test_a_seed_from_a_replica_without_a_snapshot_gives_way_to_the_shared_history(redis_server: RedisServer,
+                                                                                  tmp_path: Path) -> None:
+    p = prefix()
+
+    async def run() -> None:
+        a, b = Replica(redis_server.url, tmp_path / "a", p), Replica(redis_server.url, tmp_path / "b", p)
+        await a.idf.start()
+        await b.idf.start()
+        await a.record(documents("x", 6))
+        await b.record(documents("y", 4))
+        await a.idf.refresh()
+        await b.idf.refresh()
+        history = a.idf.snapshot
+        assert history.documents == 10
+        redis_server.flush()  # Redis comes back without its data...
+        redis_server.kill()
+        try:
+            # ...and a pod added meanwhile, with no snapshot, is the first to notice. Its own file
+            # holds two of b's documents (as one whose snapshot file was set aside), and it embeds a
+            # new one that waits for Redis.
+            n = Replica(redis_server.url, tmp_path / "n", p, local_texts=documents("y", 2))
+            await n.idf.start()
+            await n.record(documents("fresh", 1))
+        finally:
+            redis_server.start()
+        await asyncio.sleep(0.6)  # the breaker's pause
+        await n.idf.refresh()
+        meta = shared_meta(redis_server, p)
+        assert meta[b"seed_epoch"] == b"" and int(meta[b"documents"]) == 3
+        # a's snapshot holds more documents: it replaces that seed, and the document counted since stays.
+        await a.idf.refresh()
+        await b.idf.refresh()
+        expected = alone(documents("x", 6) + documents("y", 4) + documents("fresh", 1))
+        assert a.idf.snapshot.documents == b.idf.snapshot.documents == 11
+        assert shared_meta(redis_server, p)[b"seed_epoch"] == history.epoch.encode()
+        # Every replica marked its documents seen: embedding them again counts nothing.
+        await a.record(documents("x", 6))
+        await b.record(documents("y", 4))
+        await n.record(documents("y", 2) + documents("fresh", 1))
+        for replica in (a, b, n):
+            await replica.idf.refresh()
+        for replica in (a, b, n):
+            assert replica.idf.snapshot.documents == 11
+            assert np.array_equal(replica.idf.idf(), expected.idf())
+        for replica in (a, b, n):
+            await replica.close()
+
+    asyncio.run(run())
+
+
+def test_a_smaller_snapshot_leaves_a_replicas_own_seed_and_its_documents_count_once(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    p = prefix()
+
+    async def run() -> None:
+        a = Replica(redis_server.url, tmp_path / "a", p)
+        await a.idf.start()
+        await a.record(documents("x", 3))
+        await a.idf.refresh()
+        redis_server.flush()
+        # A replica without a snapshot but with more documents of its own is first: its seed stays,
+        # and a's documents, which are not in it, are not marked seen.
+        n = Replica(redis_server.url, tmp_path / "n", p, local_texts=documents("own", 5))
+        await n.idf.start()
+        await a.idf.refresh()
+        assert a.idf.snapshot.documents == 5
+        assert shared_meta(redis_server, p)[b"seed_epoch"] == b""
+        await a.record(documents("x", 3))
+        await a.idf.refresh()
+        assert a.idf.snapshot.documents == 8
+        assert np.array_equal(a.idf.idf(), alone(documents("own", 5) + documents("x", 3)).idf())
+        await a.close()
+        await n.close()
+
+    asyncio.run(run())
+
+
+def test_a_seed_stored_by_an_earlier_release_without_its_counts_is_never_replaced(redis_server: RedisServer,
+                                                                                  tmp_path: Path) -> None:
+    p = prefix()
+
+    async def run() -> None:
+        a = Replica(redis_server.url, tmp_path / "a", p)
+        await a.idf.start()
+        await a.record(documents("x", 6))
+        await a.idf.refresh()
+        redis_server.flush()
+        # What an earlier release created from one replica's own two documents: no stored seed.
+        own = alone(documents("own", 2))
+        tag = f"{p}{{idf:m:{DIM}}}"
+        with redis_server.client() as client:
+            client.hset(f"{tag}:counts", mapping={int(s): int(c) for s, c in enumerate(own.counts) if c})
+            client.hset(f"{tag}:meta", mapping={"epoch": "earlier", "generation": 0, "documents": 2,
+                                                "seed_epoch": "", "seed_generation": -1, "seed_documents": 2})
+        # Replacing it would subtract nothing and count its documents twice: it stays.
+        await a.idf.refresh()
+        assert a.idf.snapshot.epoch == "earlier" and a.idf.snapshot.documents == 2
+        assert np.array_equal(a.idf.idf(), own.idf())
+        await a.close()
+
+    asyncio.run(run())
