@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     chat_keys = KeyGuard([], settings.chat_rate_limit)
     app.state.chat_users = KeyGuard([], settings.chat_rate_limit)  # the WebSocket counts its questions here too
     app.state.sockets = SocketSlots(settings.chat_max_sockets_per_host)
+    app.state.user_sockets = SocketSlots(settings.chat_max_sockets_per_host, "user")
     app.state.uploads = UploadSlots(total=4)
     gate = ChatGate(KeyGuard([], settings.rate_limit), chat_keys, app.state.failed_attempts,
                     user=(*USER_ROUTES, *DIRECT_ROUTES))

@@ -49,27 +49,35 @@ class ChatGate(AccessGate):
         return None
 
 
+# Open WebUI sends a filter the whole chat, images inline as base64: megabytes per picture.
+WHOLE_CHAT_ROUTES = ("/filter/inlet", "/filter/outlet")
+
+
 def body_limit(settings: Settings) -> Callable[[str], int]:
     """The largest body a path of the chat (or Pipelines) server takes. JSON is a question and its history:
-    megabytes are plenty, and a cap well under the upload limit keeps memory per request small."""
+    megabytes are plenty, and a cap well under the upload limit keeps memory per request small. Uploads and
+    the Pipelines filters, which get the whole chat from Open WebUI, take up to max_request_bytes."""
     json_limit = min(settings.chat_max_json_bytes, settings.max_request_bytes)
-    return lambda path: settings.max_request_bytes if under(path, UPLOAD_ROUTES) else json_limit
+    return lambda path: (settings.max_request_bytes if under(path, UPLOAD_ROUTES) or path.endswith(WHOLE_CHAT_ROUTES)
+                         else json_limit)
 
 
 class SocketSlots:
-    """Open chat sockets per client address, at most ``per_host`` (0: no cap). Every socket counts from its
-    handshake, before it authenticates: one that never sends a credential still holds a connection."""
+    """Open chat sockets per key, at most ``per_key`` (0: no cap): per client address while a socket has not
+    authenticated (a socket that never sends a credential still holds a connection, for AUTH_WAIT_SECONDS),
+    then per Open WebUI user, so users behind one reverse proxy do not share one cap."""
 
-    def __init__(self, per_host: int) -> None:
-        self.per_host = per_host
+    def __init__(self, per_key: int, holder: str = "address") -> None:
+        self.per_host = per_key
+        self.holder = holder
         self._open: dict[str, int] = {}
 
     def take(self, host: str | None) -> None:
-        """Count one more socket from ``host``; TooManySockets (nothing counted) when it holds its cap."""
+        """Count one more socket for ``host``; TooManySockets (nothing counted) when it holds its cap."""
         key = host or "unknown"
         if self.per_host and self._open.get(key, 0) >= self.per_host:
-            raise TooManySockets(f"Too many chat sockets from this address: at most {self.per_host} may be open "
-                                 "at once. Close one, then connect again.")
+            raise TooManySockets(f"Too many chat sockets from this {self.holder}: at most {self.per_host} may be "
+                                 "open at once. Close one, then connect again.")
         self._open[key] = self._open.get(key, 0) + 1
 
     def release(self, host: str | None) -> None:

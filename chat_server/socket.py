@@ -64,8 +64,22 @@ class ChatSocket:
                                                       "open": slots.held(host), "cap": slots.per_host})
             await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER, "too many chat sockets from this address")
             return
+        users: SocketSlots = self.app.state.user_sockets
+        by_address, by_user = True, False
         try:
-            await self._authenticate()
+            bases = await self._authenticate()
+            # Authenticated: counted against its user from now on, no longer against its address.
+            slots.release(host)
+            by_address = False
+            try:
+                users.take(self.identity)
+            except TooManySockets as error:
+                log.warning("chat socket refused", extra={"event": "chat_sockets_full", "per": "user",
+                                                          "cap": users.per_host})
+                await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER, "too many chat sockets for this user")
+                return
+            by_user = True
+            await self._send({"type": "ready", "knowledge": knowledge_field(bases)})
             while True:
                 await self._answer(await self._receive())
         except (_Closed, WebSocketDisconnect):
@@ -75,7 +89,10 @@ class ChatSocket:
             await self._close_after(APIError("The server had an error processing the request."),
                                     status.WS_1011_INTERNAL_ERROR)
         finally:
-            slots.release(host)
+            if by_address:
+                slots.release(host)
+            if by_user:
+                users.release(self.identity)
 
     async def _receive(self, timeout: float | None = None) -> Any:
         """The next message as JSON; an unreadable one is answered with a 400 and skipped. ``timeout`` bounds
@@ -96,7 +113,8 @@ class ChatSocket:
             except ValueError:
                 await self._send_error(InvalidRequest("The message is not valid JSON."))
 
-    async def _authenticate(self) -> None:
+    async def _authenticate(self) -> list[KnowledgeBase]:
+        """The caller's readable Knowledge, once its credential is accepted."""
         header = self.socket.headers.get("authorization")
         if header:
             scheme, _, token = header.partition(" ")
@@ -114,7 +132,7 @@ class ChatSocket:
             self.identity = await chat_identity(self.socket, self.token)
         except APIError as error:  # Open WebUI down: the client may try again later
             raise await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER) from None
-        await self._send({"type": "ready", "knowledge": knowledge_field(bases)})
+        return bases
 
     async def _readable(self) -> list[KnowledgeBase]:
         """The caller's readable Knowledge; a refused credential ends the socket."""

@@ -331,12 +331,22 @@ def test_json_bodies_over_the_cap_are_413_announced_or_chunked(chat_server: Chat
     assert "padding" in assert_openai_error(fits, 400)["message"]
     # The Pipelines server: OpenAI's shape on its OpenAI route, the protocol's {"detail": ...} on the others.
     pipes = chat_server.pipelines_url
-    for path, shape in (("/v1/chat/completions", "error"), ("/knowledge-filter/filter/inlet", "detail"),
-                        ("/v1/knowledge-filter/filter/inlet", "detail")):
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {chat_server.pipelines_key}"
+            "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    status, body = parse_answer(raw_exchange(pipes, head, chunked(4 * MiB))[0])
+    assert status == 413 and list(body) == ["error"], body
+    # The filters get the whole chat from Open WebUI, pictures inline: up to the server's request limit.
+    for path in ("/knowledge-filter/filter/inlet", "/v1/knowledge-filter/filter/inlet"):
         head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {chat_server.pipelines_key}\r\n"
-                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-        status, body = parse_answer(raw_exchange(pipes, head, chunked(4 * MiB))[0])
-        assert status == 413 and list(body) == [shape], (path, body)
+                f"Content-Type: application/json\r\nContent-Length: {64 * MiB}\r\n\r\n")
+        status, body = parse_answer(raw_exchange(pipes, head, iter(()))[0])
+        assert status == 413 and list(body) == ["detail"], (path, body)
+    picture = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                                                       + "A" * (5 * MiB)}}]}
+    inlet = httpx.post(f"{pipes}/knowledge-filter/filter/inlet", headers=bearer(chat_server.pipelines_key),
+                       json={"body": {"model": "plain-generator", "messages": [picture]}, "user": {"id": "u1"}},
+                       timeout=120)
+    assert inlet.status_code == 200, inlet.text[:300]
     assert httpx.get(f"{chat}/health", timeout=60).json() == {"status": "ok"}
 
 
@@ -382,25 +392,40 @@ def ready_socket(chat: str, key: str) -> Iterator[ClientConnection]:
         time.sleep(0.2)
 
 
-def test_one_address_holds_a_bounded_number_of_chat_sockets(chat: str, people: People) -> None:
-    key = people.alice["api_key"]
+def refused_socket(chat: str, reason: str, **options: Any) -> dict:
+    """A socket the server refuses: its 429 message, then close code 1013 with ``reason``."""
+    with socket(chat, **options) as refused:
+        error = receive(refused)
+        with pytest.raises(ConnectionClosed) as closed:
+            refused.recv(timeout=60)
+    assert closed.value.rcvd.code == 1013 and closed.value.rcvd.reason == reason, closed.value.rcvd
+    assert error["status"] == 429 and error["error"]["code"] == "too_many_sockets", error
+    return error
+
+
+def test_chat_sockets_are_bounded_per_address_until_they_authenticate_then_per_user(chat: str,
+                                                                                   people: People) -> None:
+    alice, bob = people.alice["api_key"], people.bob["api_key"]
     with ExitStack() as held:
         for _ in range(8):  # the default cap
-            held.enter_context(ready_socket(chat, key))
-        with socket(chat) as refused:
-            error = receive(refused)
-            assert error["status"] == 429 and error["error"]["code"] == "too_many_sockets", error
-            assert "at most 8" in error["error"]["message"]
-            with pytest.raises(ConnectionClosed) as closed:
-                refused.recv(timeout=60)
-            assert closed.value.rcvd.code == 1013 and "too many chat sockets" in closed.value.rcvd.reason
-        # Another address is not held to this one's sockets.
-        with socket(chat, key, source_address=("127.0.0.2", 0)) as other:
+            held.enter_context(ready_socket(chat, alice))
+        # Her ninth is refused, from another address too.
+        error = refused_socket(chat, "too many chat sockets for this user", additional_headers=bearer(alice),
+                               source_address=("127.0.0.2", 0))
+        assert "at most 8" in error["error"]["message"]
+        # Bob, behind the same address (a reverse proxy's, say), is not held to her sockets.
+        with socket(chat, bob) as other:
             assert socket_ask(other, question=next(iter(people.questions)), max_tokens=4)[-1]["type"] == "done"
+    with ExitStack() as idle:  # sockets that have not authenticated (yet) count against their address
+        for _ in range(8):
+            idle.enter_context(socket(chat))
+        refused_socket(chat, "too many chat sockets from this address")
+        with socket(chat, alice, source_address=("127.0.0.2", 0)):
+            pass  # another address is not held to this one's
     # Closed sockets free their places.
     with ExitStack() as again:
         for _ in range(8):
-            again.enter_context(ready_socket(chat, key))
+            again.enter_context(ready_socket(chat, alice))
 
 
 @pytest.fixture(scope="module")

@@ -201,6 +201,9 @@ def roll_back_pgvector(client: PgvectorClient, embeddings: EmbeddingsClient, mod
     for moved in recorded:
         if moved.collection in client.store.collections():
             back.setdefault(moved.kept_model or "", []).append(moved.collection)
+    if not any(back):
+        raise MigrationError(f"the collections moved to {model!r} whose old vectors are kept have all been "
+                             "deleted since: nothing to roll back")
     previous = max((m for m in back if m), key=lambda m: len(back[m]))
     back[previous] = back.get(previous, []) + back.pop("", [])  # kept vectors dropped: embedded whole
     marked = {moved.collection for moved in recorded}
@@ -231,7 +234,7 @@ def _cut_over(client: PgvectorClient, embeddings: EmbeddingsClient, model: str, 
                               batch=batch).embedded for name in pending)
     db, names = client.store._db, sorted(pending)
     started, started_at = time.perf_counter(), time.time()
-    with db.transaction():
+    with _top_level(client):
         for name in names:  # the old vectors, kept for a rollback under the model they came from
             db.execute(f"DELETE FROM {SIDE} WHERE collection_name = %s AND model NOT IN (%s, %s)",
                        (name, model, pending[name]))
@@ -261,6 +264,14 @@ def _cut_over(client: PgvectorClient, embeddings: EmbeddingsClient, model: str, 
         db.execute(f"DELETE FROM {SIDE} WHERE model = %s AND collection_name = ANY(%s)", (model, names))
     return Cutover(len(names), round(switched - committed, 4), round(committed - started, 4),
                    round(switched - committed, 4), caught_up, settled, started_at)
+
+
+def _top_level(client: PgvectorClient) -> Any:
+    """A transaction of its own, never a savepoint inside a read left open: rows written in a savepoint carry
+    the savepoint's id in ``xmin``, and settling would then take them all for rows the cutover did not write."""
+    db = client.store._db
+    db.commit()
+    return db.transaction()
 
 
 def _transaction_id(client: PgvectorClient) -> str:
@@ -304,7 +315,7 @@ def _update_if_unchanged(client: PgvectorClient, name: str, model: str, page: li
     assert table is not None
     db = client.store._db
     updated = 0
-    with db.transaction():
+    with _top_level(client):
         for (chunk_id, text, metadata), vector in zip(page, vectors):
             cursor = db.execute(
                 f"UPDATE {TABLE} SET vector = %s, vmetadata = %s WHERE id = %s AND collection_name = %s "
