@@ -25,6 +25,8 @@ import pytest
 from config import Settings, load_settings
 from tests.servers import REPO, free_port
 from tests.test_store_move import CONFIG, DIM, fill
+from vector_bridge.backup import backup
+from vector_bridge.backup_file import read_contents
 from vector_bridge.pgvector_store import PgvectorStore, vector_literal
 from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.stack import chroma_service
@@ -314,6 +316,54 @@ def test_a_collection_no_move_wrote_is_refused_unless_replaced(stores: tuple, se
     assert back.get_collection("kb-stale").count() == 2
     run(settings, back_port, "chroma", "--replace", url=url)
     assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "kb-stale"))
+    # Open WebUI now runs on Chroma and edits a chunk: a later --replace leaves it as Open WebUI wrote it.
+    back.get_collection("kb-stale").update(ids=["kb-stale-1"], documents=["edited in Chroma"],
+                                           embeddings=rows[1][3][None])
+    report = by_name(run(settings, back_port, "chroma", "--replace", url=url))["kb-stale"]
+    assert (report["written"], report["kept"]) == (0, 1)
+    assert contents(back, "kb-stale")["kb-stale-1"][0] == "edited in Chroma"
+
+    # Open WebUI deleted the collection in Chroma (or it was emptied): refused, until --replace copies it anew.
+    back.delete_collection("kb-stale")
+    process = cli(settings, back_port, "chroma", url=url)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 1 and "holds none" in err and "--replace" in err
+    assert by_name(run(settings, back_port, "chroma", "--replace", url=url))["kb-stale"]["written"] == 10
+    assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "kb-stale"))
+
+
+def test_a_collection_deleted_from_pgvector_goes_from_chroma_and_only_a_move_from_there_deletes_it(
+        stores: tuple, settings: Settings, back_port: int) -> None:
+    _, back = stores
+    url = schema_url(settings, "gone")
+    with PgvectorStore(url) as store:
+        store.create_table(DIM)
+    for seed, name in enumerate(["kb-gone", "kb-gone-edited", "kb-stays"]):
+        insert(url, name, unit_rows(name, 5, DIM, 80 + seed))
+    run(settings, back_port, "chroma", url=url)
+    other = schema_url(settings, "other")  # another pgvector store moved into the same Chroma
+    with PgvectorStore(other) as store:
+        store.create_table(DIM)
+    insert(other, "kb-elsewhere", unit_rows("kb-elsewhere", 3, DIM, 90))
+    assert set(by_name(run(settings, back_port, "chroma", url=other))) == {"kb-elsewhere"}
+
+    moved = contents(back, "kb-gone-edited")  # Open WebUI, on Chroma, edits a chunk
+    back.get_collection("kb-gone-edited").update(ids=["kb-gone-edited-0"], documents=["edited in Chroma"],
+                                                 embeddings=moved["kb-gone-edited-0"][2][None])
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("DELETE FROM document_chunk WHERE collection_name <> 'kb-stays'")
+    report = by_name(run(settings, back_port, "chroma", url=url))
+    assert (report["kb-gone"]["removed"], report["kb-gone"]["kept"]) == (5, 0)
+    assert (report["kb-gone-edited"]["removed"], report["kb-gone-edited"]["kept"]) == (4, 1)
+    names = {c.name for c in back.list_collections()}
+    assert "kb-gone" not in names and {"kb-stays", "kb-elsewhere"} <= names
+    assert list(contents(back, "kb-gone-edited")) == ["kb-gone-edited-0"]
+    assert set(by_name(run(settings, back_port, "chroma", url=url))) == {"kb-stays"}
+
+    # A backup of this Chroma leaves the moves' record out: it describes these rows, not a collection.
+    path = settings.state_dir.with_name("back.jsonl.gz")
+    backup(back, path, progress=False)
+    assert MOVES_COLLECTION not in {header.name for header in read_contents(path)}
 
 
 def test_clear_errors(stores: tuple, settings: Settings, back_port: int) -> None:

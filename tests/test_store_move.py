@@ -22,7 +22,7 @@ import pytest
 
 from config import Settings, load_settings
 from tests.servers import REPO, free_port
-from vector_bridge.pgvector_store import PgvectorStore, vector_literal
+from vector_bridge.pgvector_store import Chunk, PgvectorStore, vector_literal
 from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.stack import chroma_service
 
@@ -184,3 +184,89 @@ def test_bad_targets_are_clear_errors(settings: Settings) -> None:
                                  capture_output=True, text=True, cwd=REPO, timeout=120,
                                  env={**os.environ, "EMBED_CHROMA_PORT": str(settings.chroma_port)})
         assert process.returncode != 0 and expected in process.stderr and "wrong-secret" not in process.stderr
+
+
+def test_replace_takes_a_collection_over_once_and_a_killed_take_over_goes_on(stores: chromadb.ClientAPI,
+                                                                               settings: Settings) -> None:
+    fill(stores, "kb-old", 4000, 70)
+    url = pgvector_url(settings)
+    with PgvectorStore(url) as target:  # rows no move wrote: half the ids with other texts, and one more
+        old = [Chunk(f"kb-old-{i}", "old text", np.eye(DIM, dtype=np.float32)[0], {}) for i in range(0, 4000, 2)]
+        target.upsert("kb-old", [*old, Chunk("left-over", "old text", np.eye(DIM, dtype=np.float32)[1], {})],
+                      target.table())
+    process = cli(settings, "--collection", "kb-old")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 1 and "no move wrote" in err and "--replace" in err
+
+    def rewritten() -> int:
+        with psycopg.connect(url) as connection:
+            return connection.execute("SELECT count(*) FROM document_chunk WHERE collection_name = 'kb-old' "
+                                      "AND text <> 'old text'").fetchone()[0]
+
+    process = cli(settings, "--collection", "kb-old", "--replace", start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not rewritten():
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    with psycopg.connect(url) as connection:
+        left = connection.execute("SELECT count(*) FROM document_chunk WHERE collection_name = 'kb-old' "
+                                  "AND text = 'old text'").fetchone()[0]
+    assert left > 0 and rewritten() > 0, "the kill came after the run had finished"
+    # The take-over was recorded before the first write: the next run goes on without --replace.
+    report = {c["collection"]: c for c in move(settings)["collections"]}["kb-old"]
+    assert report["kept"] == 0
+    assert_identical(stores, settings, ["kb-old"])
+
+    # Open WebUI now runs on pgvector and edits a chunk: a later --replace leaves it as Open WebUI wrote it.
+    with psycopg.connect(url) as connection:
+        connection.execute("UPDATE document_chunk SET text = 'edited in pgvector' WHERE id = 'kb-old-1'")
+    process = cli(settings, "--collection", "kb-old", "--replace", "--json")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    report = json.loads(out)["collections"][0]
+    assert (report["written"], report["kept"]) == (0, 1)
+    with PgvectorStore(url) as target:
+        assert next(target.read("kb-old", ["kb-old-1"])).text == "edited in pgvector"
+
+
+def test_a_collection_deleted_in_chroma_goes_from_pgvector_but_not_what_open_webui_wrote(
+        stores: chromadb.ClientAPI, settings: Settings) -> None:
+    fill(stores, "kb-deleted", 20, 50)
+    fill(stores, "kb-deleted-edited", 20, 51)
+    move(settings)
+    with psycopg.connect(pgvector_url(settings)) as connection:  # Open WebUI, on pgvector, edits a chunk
+        connection.execute("UPDATE document_chunk SET text = 'edited in pgvector' WHERE id = 'kb-deleted-edited-0'")
+    stores.delete_collection("kb-deleted")
+    stores.delete_collection("kb-deleted-edited")
+    report = {c["collection"]: c for c in move(settings)["collections"]}
+    assert (report["kb-deleted"]["removed"], report["kb-deleted"]["kept"]) == (20, 0)
+    assert (report["kb-deleted-edited"]["removed"], report["kb-deleted-edited"]["kept"]) == (19, 1)
+    with PgvectorStore(pgvector_url(settings)) as target:
+        collections = target.collections()
+    assert "kb-deleted" not in collections and collections["kb-deleted-edited"] == 1
+    assert {"kb-deleted", "kb-deleted-edited"}.isdisjoint(c["collection"] for c in move(settings)["collections"])
+
+
+def test_an_emptied_collection_is_refused_until_replaced_and_a_table_made_again_starts_afresh(
+        stores: chromadb.ClientAPI, settings: Settings) -> None:
+    fill(stores, "kb-emptied", 30, 60)
+    move(settings)
+    with psycopg.connect(pgvector_url(settings)) as connection:
+        connection.execute("DELETE FROM document_chunk WHERE collection_name = 'kb-emptied'")
+    process = cli(settings)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 1 and "kb-emptied" in err and "holds none" in err and "--replace" in err
+    process = cli(settings, "--replace", "--json")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert {c["collection"]: c["written"] for c in json.loads(out)["collections"]}["kb-emptied"] == 30
+    assert_identical(stores, settings, ["kb-emptied"])
+
+    # The table dropped and made again: what moves wrote into the old one is no record of the new.
+    with psycopg.connect(pgvector_url(settings)) as connection:
+        connection.execute("DROP TABLE document_chunk")
+    live = sorted(c.name for c in stores.list_collections() if "." not in c.name)
+    report = {c["collection"]: c["written"] for c in move(settings)["collections"]}
+    assert report == {name: stores.get_collection(name).count() for name in live}
+    assert_identical(stores, settings, [name for name in live if name != "kb-switch"])  # its NUL: dropped

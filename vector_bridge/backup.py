@@ -32,6 +32,7 @@ from tqdm import tqdm
 from vector_bridge.backup_file import (FORMAT, PAGE, VERSION, BackupError, Summary, encode_vector, fsync_folder, line,
                                        private_gzip)
 from vector_bridge.restore import restore
+from vector_bridge.store import MOVES_COLLECTION
 
 __all__ = ["BackupError", "Summary", "backup", "restore"]
 
@@ -63,7 +64,9 @@ def backup(client: ClientAPI, path: Path, *, collections: list[str] | None = Non
            lengths: dict[str, int] | None = None) -> Summary:
     """Write the named collections (default: all) to ``path``, vectors cut to ``lengths`` where given."""
     started = time.perf_counter()
-    names = sorted(c.name for c in client.list_collections()) if collections is None else collections
+    # The record `migrate --to-store chroma` keeps is about this store's rows, not a collection to bring back.
+    names = (sorted(c.name for c in client.list_collections() if c.name != MOVES_COLLECTION)
+             if collections is None else collections)
     targets = [client.get_collection(name) for name in names]
     partial = path.with_name(path.name + ".partial")
     written = 0

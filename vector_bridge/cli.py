@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "--store-only: Open WebUI is not switched)")
     move.add_argument("--store-only", action="store_true", help="migrate the store without switching Open WebUI")
     move.add_argument("--replace", action="store_true", help="with --to-store: take over target collections that "
-                      "hold chunks no move wrote (data from before an earlier switch), making them the source's copy")
+                      "hold chunks no move wrote (data from before an earlier switch), making them the source's copy, "
+                      "and copy anew those moves wrote that the target now holds nothing of")
     move.add_argument("--drop-old", action="store_true", help="delete the old vectors once the cutover is done "
                                                               "(no rollback after that)")
     move.add_argument("--batch", type=int, default=128,
@@ -474,7 +475,8 @@ def _model_lengths(client: object, settings: Settings, only: list[str] | None) -
         return None
     from vector_bridge.move_pgvector import real_dimensions
 
-    return real_dimensions(client.store, client.table, settings, only).by_collection
+    # A collection whose length cannot be settled is backed up at the table's length: nothing is cut.
+    return real_dimensions(client.store, client.table, settings, only, strict=False).by_collection
 
 
 def _backup_or_restore(args: argparse.Namespace, settings: Settings) -> int:

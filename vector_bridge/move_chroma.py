@@ -81,6 +81,9 @@ class ChromaSource:
     def __init__(self, client: ClientAPI) -> None:
         self.client = client
 
+    def identity(self) -> str | None:
+        return chroma_identity(self.client)
+
     def names(self) -> tuple[list[str], list[str]]:
         names = sorted(collection.name for collection in self.client.list_collections())
         # migrate's shadows and kept old vectors are not the live store; the record is the move's own
@@ -116,12 +119,13 @@ def chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 class ChromaTarget:
     engine = "Chroma"
 
-    def __init__(self, client: ClientAPI, *, ef_search: int = 0) -> None:
-        self.client, self.ef_search = client, ef_search
+    def __init__(self, client: ClientAPI, source: str | None, *, ef_search: int = 0) -> None:
+        self.client, self.source, self.ef_search = client, source, ef_search
         self._record = client.get_or_create_collection(
             MOVES_COLLECTION, metadata={"vector_bridge": "chunks vector-bridge migrate --to-store chroma wrote"},
             embedding_function=None)
         self._collections: dict[str, Collection] = {}
+        self._lengths: dict[str, int] = {}  # each collection's vector length, once known
 
     def _collection(self, name: str) -> Collection:
         if name not in self._collections:
@@ -129,6 +133,8 @@ class ChromaTarget:
         return self._collections[name]
 
     def open(self, name: str) -> None:
+        if name == MOVES_COLLECTION:
+            raise ChromaRefused(f"{name}: the name of this tool's own record on Chroma; rename the collection")
         try:
             collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
                                                               embedding_function=None)
@@ -160,7 +166,7 @@ class ChromaTarget:
         settled = [chunk_id for chunk_id in pending if chunk_id in now]
         if settled:
             self._record.upsert(ids=[pending[c] for c in settled], embeddings=[_NO_VECTOR] * len(settled),
-                                metadatas=[_entry(name, c, "", now[c]) for c in settled])
+                                metadatas=[self._entry(name, c, "", now[c]) for c in settled])
         absent = [pending[c] for c in pending if c not in now]
         if absent:
             self._record.delete(ids=absent)
@@ -184,12 +190,44 @@ class ChromaTarget:
         return {entry["chunk"]: Record(entry["sent"], entry["stored"]) for _, entry in self._entries(name)
                 if not entry.get("pending")}
 
+    def moved_collections(self) -> set[str]:
+        if not self.source:
+            return set()
+        ours, others, offset = set(), set(), 0
+        while True:
+            page = self._record.get(include=["metadatas"], limit=METADATA_PAGE, offset=offset)
+            for entry in page["metadatas"]:
+                (ours if entry.get("source") == self.source else others).add(entry["collection"])
+            offset += len(page["ids"])
+            if len(page["ids"]) < METADATA_PAGE:
+                return ours - others
+
+    def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
+        # "" as sent: each row is compared with the source again and rewritten.
+        ids = list(fingerprints)
+        for start in range(0, len(ids), METADATA_PAGE):
+            page = ids[start:start + METADATA_PAGE]
+            self._record.upsert(ids=[_key(name, chunk_id) for chunk_id in page],
+                                embeddings=[_NO_VECTOR] * len(page),
+                                metadatas=[self._entry(name, chunk_id, "", fingerprints[chunk_id])
+                                           for chunk_id in page])
+
+    def forget(self, name: str) -> None:
+        self._record.delete(where={"collection": name})
+
+    def retire(self, name: str) -> None:
+        collection = self._collection(name)
+        if collection.count() == 0:  # what Open WebUI does when it deletes a knowledge base: no collection
+            self.client.delete_collection(name)
+            self._collections.pop(name, None)
+
     def as_stored(self, chunk: Chunk) -> Chunk:
         return Chunk(chunk.id, chunk.text, np.asarray(chunk.vector, dtype=np.float32), chroma_metadata(chunk.metadata))
 
     def write(self, name: str, chunks: list[Chunk]) -> None:
         stored = [self.as_stored(chunk) for chunk in chunks]
         ids = [chunk.id for chunk in stored]
+        self._check_length(name, len(stored[0].vector))
         keys = self._mark_pending(name, ids)
         collection = self._collection(name)
         try:
@@ -201,23 +239,42 @@ class ChromaTarget:
                            metadatas=[chunk.metadata or None for chunk in stored])
         except (ChromaError, ValueError) as error:  # the server's refusals, and the client's own checks
             raise ChromaRefused(f"{name}: Chroma refused a page: {error}") from None
+        self._lengths[name] = len(stored[0].vector)
         now = self._fingerprints(name, ids)  # what Chroma holds, a ulp off what was sent (module docstring)
         self._record.upsert(ids=keys, embeddings=[_NO_VECTOR] * len(keys),
-                            metadatas=[_entry(name, chunk.id, fingerprint(chunk), now[chunk.id]) for chunk in stored])
+                            metadatas=[self._entry(name, chunk.id, fingerprint(chunk), now[chunk.id])
+                                       for chunk in stored])
 
     def delete(self, name: str, ids: list[str]) -> None:
         keys = self._mark_pending(name, ids)
         self._collection(name).delete(ids=ids)
         self._record.delete(ids=keys)
 
+    def _check_length(self, name: str, length: int) -> None:
+        """Before a page's rows are deleted to be replaced: Chroma would refuse vectors of another length than
+        the collection's only at the add, with the old rows already gone."""
+        if name not in self._lengths:
+            first = self._collection(name).peek(1)["embeddings"]
+            if first is None or not len(first):
+                return  # an empty collection takes the length of its first add
+            self._lengths[name] = len(first[0])
+        if self._lengths[name] != length:
+            raise ChromaRefused(f"{name}: the collection holds {self._lengths[name]}-dimension vectors and the "
+                                f"source's are {length}: Open WebUI writes it with another model now? Move it "
+                                "after migrating it to one model, or delete it in Chroma first")
+
     def _mark_pending(self, name: str, ids: list[str]) -> list[str]:
         keys = [_key(name, chunk_id) for chunk_id in ids]
         self._record.upsert(ids=keys, embeddings=[_NO_VECTOR] * len(keys),
-                            metadatas=[_entry(name, chunk_id, "", "", pending=True) for chunk_id in ids])
+                            metadatas=[self._entry(name, chunk_id, "", "", pending=True) for chunk_id in ids])
         return keys
 
     def read(self, name: str, ids: list[str]) -> list[Chunk]:
         return _read(self._collection(name), ids)
+
+    def _entry(self, name: str, chunk_id: str, sent: str, stored: str, *, pending: bool = False) -> dict[str, Any]:
+        entry = {"collection": name, "chunk": chunk_id, "sent": sent, "stored": stored, "pending": pending}
+        return entry | ({"source": self.source} if self.source else {})
 
     def finish(self) -> None:
         pass  # Chroma indexes as it goes
@@ -227,6 +284,15 @@ def _key(name: str, chunk_id: str) -> str:
     return f"{name}:{chunk_id}"
 
 
-def _entry(name: str, chunk_id: str, sent: str, stored: str, *, pending: bool = False) -> dict[str, Any]:
-    return {"collection": name, "chunk": chunk_id, "sent": sent, "stored": stored, "pending": pending}
+def chroma_identity(client: ClientAPI) -> str | None:
+    """The Chroma database among all stores: its id, made when the database was; None when the server will
+    not say (then no collection is ever taken for deleted from it)."""
+    admin = getattr(client, "_admin_client", None)  # the client's own admin API over the same connection
+    if admin is None:
+        return None
+    try:
+        database = admin.get_database(name=client.database, tenant=client.tenant)
+    except (ChromaError, ValueError):
+        return None
+    return f"chroma:{database['id']}"
 

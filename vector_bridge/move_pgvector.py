@@ -22,7 +22,7 @@ import numpy as np
 
 from config import Settings
 from vector_bridge.pgvector_store import Chunk, PgvectorStore, Table, as_stored, without_nul
-from vector_bridge.store import parse_embedding_config
+from vector_bridge.store import MOVES_COLLECTION, parse_embedding_config
 from vector_bridge.store_move import Record, StoreMoveError
 
 
@@ -41,8 +41,8 @@ class DimensionUnclear(StoreMoveError):
 class PgvectorTarget:
     engine = "pgvector"
 
-    def __init__(self, store: PgvectorStore, table: Table) -> None:
-        self.store, self.table = store, table
+    def __init__(self, store: PgvectorStore, table: Table, source: str | None) -> None:
+        self.store, self.table, self.source = store, table, source
         store.hold_writer_lock()
         store.prepare_moves()
 
@@ -59,6 +59,18 @@ class PgvectorTarget:
         # One transaction writes the row and its record, so what was sent is what is stored.
         return {chunk_id: Record(print_, print_) for chunk_id, print_ in self.store.written(name).items()}
 
+    def moved_collections(self) -> set[str]:
+        return self.store.moved_collections(self.source) if self.source else set()
+
+    def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
+        self.store.take_over(name, fingerprints, self.source)
+
+    def forget(self, name: str) -> None:
+        self.store.forget(name)
+
+    def retire(self, name: str) -> None:
+        pass  # a collection is only its rows here
+
     def as_stored(self, chunk: Chunk) -> Chunk:
         vector = as_stored(chunk.vector, self.table)[:self.table.dimension]
         vector = np.pad(vector, (0, self.table.dimension - len(vector)))  # Open WebUI's padding
@@ -66,7 +78,7 @@ class PgvectorTarget:
 
     def write(self, name: str, chunks: list[Chunk]) -> None:
         self.store.write(name, [Chunk(c.id, without_nul(c.text), c.vector, without_nul(c.metadata)) for c in chunks],
-                         self.table)
+                         self.table, self.source)
 
     def delete(self, name: str, ids: list[str]) -> None:
         self.store.delete(name, ids)
@@ -85,6 +97,7 @@ class Dimensions:
     table: int
     by_collection: dict[str, int] = field(default_factory=dict)
     from_data: dict[str, int] = field(default_factory=dict)  # unserved model -> longest non-zero prefix
+    unclear: dict[str, str] = field(default_factory=dict)  # collection -> why its length cannot be settled
 
 
 class PgvectorSource:
@@ -93,9 +106,16 @@ class PgvectorSource:
     def __init__(self, store: PgvectorStore, dimensions: Dimensions) -> None:
         self.store, self.dimensions = store, dimensions
 
+    def identity(self) -> str | None:
+        return self.store.identity()
+
     def names(self) -> tuple[list[str], list[str]]:
-        # those whose length was settled; one Open WebUI creates from now on is the next run's
-        return sorted(name for name in self.store.collections() if name in self.dimensions.by_collection), []
+        # Those whose length was settled; one Open WebUI created since is the next run's (left out, so the
+        # move never takes it for deleted).
+        # The name of the Chroma side's record is never Open WebUI's: a collection so named stays behind.
+        names = sorted(self.store.collections())
+        return ([n for n in names if n in self.dimensions.by_collection and n != MOVES_COLLECTION],
+                [n for n in names if n not in self.dimensions.by_collection or n == MOVES_COLLECTION])
 
     def ids(self, name: str) -> list[str]:
         return self.store.ids(name)
@@ -113,8 +133,10 @@ class PgvectorSource:
 
 
 def real_dimensions(store: PgvectorStore, table: Table, settings: Settings,
-                    only: Iterable[str] | None = None) -> Dimensions:
-    """Each collection's vector length without the table's padding (see the module's docstring)."""
+                    only: Iterable[str] | None = None, *, strict: bool = True) -> Dimensions:
+    """Each collection's vector length without the table's padding (see the module's docstring). A collection
+    whose length cannot be settled is an error naming every such collection, or with ``strict`` off is left
+    out of ``by_collection`` and named in ``unclear`` (a backup keeps its vectors at the table's length)."""
     from vector_bridge.openwebui_env import model_dimension
 
     served = {name: spec.id for spec in settings.models for name in spec.names}
@@ -139,18 +161,21 @@ def real_dimensions(store: PgvectorStore, table: Table, settings: Settings,
         lengths[None] = known.pop() if len(known) == 1 else model_dimension(settings, settings.models[0].id)
     for name, found in sorted(models.items()):
         sizes = {lengths[m] for m in found}
-        if len(sizes) > 1:
+        size = sizes.pop() if len(sizes) == 1 else None
+        if size is None:
             described = ", ".join(sorted(str(m) for m in found))
-            raise DimensionUnclear(f"{name}: chunks of models of different lengths ({described}); a Chroma "
-                                   "collection holds one length: remove one model's files from it first")
-        size = sizes.pop()
-        if not size:
-            raise DimensionUnclear(f"{name}: every vector of its model is zero: its length cannot be told")
-        if size > table.dimension:
-            raise DimensionUnclear(f"{name}: its model gives {size}-dimension vectors but the table holds "
-                                   f"{table.dimension}: Open WebUI cut them, and cut vectors cannot be moved as "
-                                   "they were; re-add its files after the switch")
-        result.by_collection[name] = size
+            result.unclear[name] = (f"{name}: chunks of models of different lengths ({described}); a Chroma "
+                                    "collection holds one length: remove one model's files from it first")
+        elif not size:
+            result.unclear[name] = f"{name}: every vector of its model is zero: its length cannot be told"
+        elif size > table.dimension:
+            result.unclear[name] = (f"{name}: its model gives {size}-dimension vectors but the table holds "
+                                    f"{table.dimension}: Open WebUI cut them, and cut vectors cannot be moved as "
+                                    "they were; re-add its files after the switch")
+        else:
+            result.by_collection[name] = size
+    if strict and result.unclear:
+        raise DimensionUnclear("; ".join(result.unclear.values()))
     return result
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from vector_bridge.backup_file import PAGE, BackupError, CollectionHeader, Summary, decode_vector, read_contents, records
 from vector_bridge.pgvector_store import TABLE, Chunk, PgvectorClient, PgvectorStore, Table
+from vector_bridge.store import MOVES_COLLECTION
 
 
 def restore_into_pgvector(client: PgvectorClient, path: Path, *, replace: bool = False,
@@ -26,6 +27,8 @@ def restore_into_pgvector(client: PgvectorClient, path: Path, *, replace: bool =
     """Every collection of the backup; existing non-empty ones are kept unless ``replace``."""
     started = time.perf_counter()
     contents = read_contents(path)  # a damaged file is refused before anything is written
+    # An older backup of Chroma may hold the record of a move into Chroma: it describes that store's rows.
+    contents = [header for header in contents if header.name != MOVES_COLLECTION]
     store = client.store
     store.hold_writer_lock()
     existing = store.collections() if client.table else {}
@@ -38,7 +41,7 @@ def restore_into_pgvector(client: PgvectorClient, path: Path, *, replace: bool =
     with tqdm(total=sum(h.count for h in contents), unit="chunk", desc="restore", disable=not progress) as bar:
         stream = records(path)
         for record in stream:
-            if "collection" in record:
+            if "collection" in record and record["collection"] in by_name:
                 _restore_collection(store, table, by_name[record["collection"]], stream, bar)
     store.create_vector_index(table)  # after the rows when the table is new: one build, not one per row
     return Summary(len(contents), sum(h.count for h in contents), path.stat().st_size,
@@ -73,7 +76,12 @@ def _restore_collection(store: PgvectorStore, table: Table, header: CollectionHe
 def _create_table(client: PgvectorClient, path: Path) -> Table:
     """No table yet (Open WebUI never started on this database): one sized for the backup's vectors, which
     is what `openwebui-env --store pgvector` gives Open WebUI when it serves the same model."""
-    first = next((record for record in records(path) if "embedding" in record), None)
+    first, current = None, None
+    for record in records(path):
+        current = record.get("collection", current)
+        if "embedding" in record and current != MOVES_COLLECTION:
+            first = record
+            break
     if first is None:
         raise BackupError(f"{path}: holds no chunk, and pgvector has no empty collections: nothing to restore")
     table = client.store.create_table(len(decode_vector(first["embedding"])))

@@ -9,6 +9,7 @@ the N the table was created with. This module writes exactly that, so Open WebUI
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +20,18 @@ import numpy as np
 from vector_bridge.store import StoreError
 
 TABLE = "document_chunk"
-# What `migrate --to-store` wrote (id, fingerprint), beside Open WebUI's table: a later run changes or deletes
-# only rows still as it wrote them, so once Open WebUI runs on pgvector nothing of its own is undone.
+# What `migrate --to-store` wrote (id, fingerprint, the table's oid), beside Open WebUI's table: a later run
+# changes or deletes only rows still as it wrote them, so once Open WebUI runs on pgvector nothing of its own
+# is undone. Records of a table since dropped and made again describe rows that are gone: the oid tells them.
 MOVES = "vector_bridge_moved_chunk"
+_TABLE_OID = f"to_regclass('{TABLE}')::oid"
 # The names Open WebUI gives its indexes: it creates them only where they do not exist yet.
 VECTOR_INDEX = "idx_document_chunk_vector"
 COLLECTION_INDEX = "idx_document_chunk_collection_name"
 HALFVEC_ABOVE = 2000  # pgvector indexes `vector` up to 2,000 dimensions, `halfvec` up to 4,000
 WRITER_LOCK = 0x76656374_6272  # an advisory lock key of our own ("vectbr")
+
+log = logging.getLogger(__name__)
 
 
 class PgvectorError(StoreError):
@@ -130,9 +135,17 @@ class PgvectorStore:
         return Table(dimension, halfvec)
 
     def prepare_moves(self) -> None:
+        """The record table, rid of records about an earlier ``document_chunk`` (dropped and made again)."""
         with self._db.transaction():
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {MOVES} (id text PRIMARY KEY, collection_name text NOT NULL, "
-                             "fingerprint text NOT NULL)")
+                             "fingerprint text NOT NULL, table_oid oid, source text)")
+            # Records from before the oid was kept are about the table there is now: moves ran on it since.
+            self._db.execute(f"ALTER TABLE {MOVES} ADD COLUMN IF NOT EXISTS table_oid oid")
+            self._db.execute(f"ALTER TABLE {MOVES} ADD COLUMN IF NOT EXISTS source text")
+            self._db.execute(f"UPDATE {MOVES} SET table_oid = {_TABLE_OID} WHERE table_oid IS NULL")
+            stale = self._db.execute(f"DELETE FROM {MOVES} WHERE table_oid IS DISTINCT FROM {_TABLE_OID}").rowcount
+        if stale:
+            log.warning("forgot the records of moves into an earlier document_chunk table", extra={"records": stale})
 
     def create_vector_index(self, table: Table) -> None:
         """HNSW with Open WebUI's name and defaults (m 16, ef_construction 64): built once after a bulk copy,
@@ -202,27 +215,68 @@ class PgvectorStore:
         return found
 
     def written(self, collection: str) -> dict[str, str]:
-        """What earlier moves wrote into this collection: id -> the fingerprint written."""
+        """What earlier moves wrote into this collection of this very table: id -> the fingerprint written."""
         if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
             self._db.commit()
             return {}
-        rows = self._db.execute(f"SELECT id, fingerprint FROM {MOVES} WHERE collection_name = %s",
-                                (collection,)).fetchall()
+        rows = self._db.execute(f"SELECT id, fingerprint FROM {MOVES} WHERE collection_name = %s "
+                                f"AND table_oid = {_TABLE_OID}", (collection,)).fetchall()
         self._db.commit()
         return dict(rows)
 
-    def write(self, collection: str, chunks: list[Chunk], table: Table) -> None:
-        """Insert or replace ``chunks`` in one transaction, recorded as a move's: all of them or none."""
+    def moved_collections(self, source: str) -> set[str]:
+        """The collections earlier moves from ``source`` (and from no other store) wrote into."""
+        if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
+            self._db.commit()
+            return set()
+        rows = self._db.execute(f"SELECT collection_name FROM {MOVES} WHERE table_oid = {_TABLE_OID} "
+                                "GROUP BY collection_name HAVING bool_and(source IS NOT DISTINCT FROM %s)",
+                                (source,)).fetchall()
+        self._db.commit()
+        return {row[0] for row in rows}
+
+    def write(self, collection: str, chunks: list[Chunk], table: Table, source: str | None) -> None:
+        """Insert or replace ``chunks`` in one transaction, recorded as a move's from ``source``: all of them
+        or none."""
         with self._db.transaction():
             self.upsert(collection, chunks, table)
             # The record of what was written commits with the rows themselves.
-            with self._db.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO {MOVES} (id, collection_name, fingerprint) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (id) DO UPDATE SET collection_name = EXCLUDED.collection_name, "
-                    "fingerprint = EXCLUDED.fingerprint",
-                    [(chunk.id, collection, chunk_fingerprint(chunk.text, chunk.metadata, as_stored(chunk.vector, table)))
-                     for chunk in chunks])
+            self._record(collection, [(chunk.id, chunk_fingerprint(chunk.text, chunk.metadata,
+                                                                   as_stored(chunk.vector, table)))
+                                      for chunk in chunks], source)
+
+    def take_over(self, collection: str, fingerprints: dict[str, str], source: str | None) -> None:
+        """Record the rows there now as a move's, all in one transaction: a run killed after this goes on
+        from them, not from a collection nobody answers for."""
+        with self._db.transaction():
+            self._record(collection, list(fingerprints.items()), source)
+
+    def forget(self, collection: str) -> None:
+        """Drop the records of what moves wrote into ``collection`` (they describe rows no longer there)."""
+        with self._db.transaction():
+            self._db.execute(f"DELETE FROM {MOVES} WHERE collection_name = %s", (collection,))
+
+    def _record(self, collection: str, prints: list[tuple[str, str]], source: str | None) -> None:
+        with self._db.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {MOVES} (id, collection_name, fingerprint, table_oid, source) "
+                f"VALUES (%s, %s, %s, {_TABLE_OID}, %s) ON CONFLICT (id) DO UPDATE SET "
+                "collection_name = EXCLUDED.collection_name, fingerprint = EXCLUDED.fingerprint, "
+                "table_oid = EXCLUDED.table_oid, source = EXCLUDED.source",
+                [(chunk_id, collection, print_, source) for chunk_id, print_ in prints])
+
+    def identity(self) -> str:
+        """This table among all pgvector stores: the cluster, the database, the table (a schema's own)."""
+        row = self._db.execute(f"SELECT current_database(), {_TABLE_OID}").fetchone()
+        import psycopg
+
+        try:
+            with self._db.transaction():
+                cluster = self._db.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
+        except psycopg.Error:  # a role without the right to read it: the database and table still tell stores apart
+            cluster = "?"
+        self._db.commit()
+        return f"pgvector:{cluster}/{row[0]}/{row[1]}"
 
     def upsert(self, collection: str, chunks: list[Chunk], table: Table) -> None:
         """Insert or replace ``chunks`` inside the caller's transaction (one of its own when there is none)."""

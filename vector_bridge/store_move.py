@@ -6,15 +6,21 @@ This module is the loop both directions share; each engine gives a ``Source`` (w
 (where, with a record of what moves wrote there): ``move_pgvector.py`` and ``move_chroma.py``.
 
 Each run brings the target to what the source holds now: chunks missing or different there (text, metadata,
-vector) are written, chunks the source no longer has are deleted, page by page, and every write is recorded
-beside the chunks (the target's record: a table on pgvector, a collection on Chroma). So a killed run is
-simply run again, and a last run after Open WebUI has stopped brings over what it wrote meanwhile. Rows that
-are not as a move left them were written by Open WebUI itself after the switch: they are never changed or
-deleted, and a chunk a move wrote that has since gone from the target is not brought back (its owner deleted
-it there). A collection the target already holds that no move ever wrote is refused (old data from before
-an earlier switch, say) unless ``replace`` takes it over. Then every collection is checked: the source's ids
-are there, and a random sample compares whole (text, metadata, vector to 1e-6 as the target stores it).
-Open WebUI reads VECTOR_DB when it starts, so the switch is a restart with the environment the report names.
+vector) are written, chunks the source no longer has are deleted (whole collections too), page by page, and
+every write is recorded beside the chunks (the target's record: a table on pgvector, a collection on Chroma).
+So a killed run is simply run again, and a last run after Open WebUI has stopped brings over what it wrote
+meanwhile. Rows that are not as a move left them were written by Open WebUI itself after the switch: they are
+never changed or deleted, and a chunk a move wrote that has since gone from the target is not brought back
+(its owner deleted it there).
+
+Two states are refused rather than guessed at, each with ``replace`` as the way on: a collection the target
+holds that no move ever wrote (old data from before an earlier switch, say: ``replace`` takes it over, and
+the take-over is recorded before the first write, so a killed run goes on from it), and a collection the
+record says moves wrote that is now empty in the target (its table dropped or emptied, or Open WebUI deleted
+it after the switch: ``replace`` forgets the record and copies it again). ``replace`` changes nothing in a
+collection that holds rows a move wrote. Then every collection is checked: the source's ids are there, and a
+random sample compares whole (text, metadata, vector to 1e-6 as the target stores it). Open WebUI reads
+VECTOR_DB when it starts, so the switch is a restart with the environment the report names.
 """
 
 from __future__ import annotations
@@ -50,6 +56,10 @@ class TargetHoldsOtherData(StoreMoveError):
     """The target already has chunks in a collection no move ever wrote into."""
 
 
+class TargetLostChunks(StoreMoveError):
+    """Earlier moves wrote a collection that the target now holds nothing of."""
+
+
 class CopyDiffers(StoreMoveError):
     """After the copy, the target lacks a chunk or holds it otherwise than the source."""
 
@@ -67,6 +77,10 @@ class Record:
 
 class Source(Protocol):
     engine: str
+
+    def identity(self) -> str | None:
+        """This store among all others (records name it, so a move from another store never takes this
+        one's collections for deleted); None when it cannot be told."""
 
     def names(self) -> tuple[list[str], list[str]]:
         """The collections to move, and those left out on purpose (the tools' own)."""
@@ -91,9 +105,22 @@ class Target(Protocol):
     def as_stored(self, chunk: Chunk) -> Chunk:
         """The chunk as this target will hold it (padding, precision, the metadata values it takes)."""
 
+    def moved_collections(self) -> set[str]:
+        """The collections the record says moves from this run's source (and no other) wrote into."""
+
+    def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
+        """Record the rows there now as the move's, durably, before anything else is written."""
+
+    def forget(self, name: str) -> None:
+        """Drop the record of ``name``: it describes rows that are no longer there."""
+
     def write(self, name: str, chunks: list[Chunk]) -> None: ...
 
     def delete(self, name: str, ids: list[str]) -> None: ...
+
+    def retire(self, name: str) -> None:
+        """The source no longer has ``name`` and its rows the move answers for are deleted: drop what is left
+        of the collection itself where the engine keeps one (never rows anyone else wrote)."""
 
     def read(self, name: str, ids: list[str]) -> list[Chunk]: ...
 
@@ -143,8 +170,35 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
         done.dimension = (dimensions or {}).get(name)
         log.info("collection moved", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
+    # Collections deleted from the source since a move wrote them (a knowledge base removed in Open WebUI).
+    for name in sorted(target.moved_collections() - set(names) - set(skipped)):
+        if only and name not in only:
+            continue
+        done = _remove_one(target, name)
+        log.info("collection removed", extra={"to": report.target} | asdict(done))
+        report.collections.append(done)
     target.finish()
     return report
+
+
+def _ours(have: dict[str, str], wrote: dict[str, Record], chunk_id: str) -> bool:
+    """The row is as a move left it (absent rows included when no move ever wrote them)."""
+    record = wrote.get(chunk_id)
+    return have.get(chunk_id) == (record.stored if record else None)
+
+
+def _remove_one(target: Target, name: str) -> MovedCollection:
+    started = time.monotonic()
+    target.open(name)
+    have, wrote = target.fingerprints(name), target.written(name)
+    gone = sorted(chunk_id for chunk_id in have if _ours(have, wrote, chunk_id))
+    for start in range(0, len(gone), METADATA_PAGE):
+        target.delete(name, gone[start:start + METADATA_PAGE])
+    kept = len(have) - len(gone)
+    target.forget(name)  # what is left (if anything) is Open WebUI's own: no record applies any more
+    if not kept:
+        target.retire(name)
+    return MovedCollection(name, 0, 0, len(gone), 0, round(time.monotonic() - started, 2), kept)
 
 
 def _move_one(source: Source, target: Target, name: str, replace: bool, progress: bool,
@@ -153,19 +207,26 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, progress
     ids = source.ids(name)
     target.open(name)
     have, wrote = target.fingerprints(name), target.written(name)
-    if have and not wrote and not replace:
-        raise TargetHoldsOtherData(
-            f"{name}: {target.engine} already holds {len(have)} chunks in this collection and no move wrote them "
-            f"(left from before Open WebUI moved away from {target.engine}?): back them up and delete the "
-            "collection, or run again with --replace to make it the source's copy")
-    if replace:  # every row there now counts as the move's; "" as sent: each is compared again and rewritten
-        wrote = wrote | {chunk_id: Record("", print_) for chunk_id, print_ in have.items()
-                         if chunk_id not in wrote or wrote[chunk_id].stored != print_}
+    if have and not wrote:
+        if not replace:
+            raise TargetHoldsOtherData(
+                f"{name}: {target.engine} already holds {len(have)} chunks in this collection and no move wrote "
+                f"them (left from before Open WebUI moved away from {target.engine}?): back them up and delete "
+                "the collection, or run again with --replace to make it the source's copy")
+        target.take_over(name, have)
+        wrote = target.written(name)
+    elif wrote and not have:
+        if not replace:
+            raise TargetLostChunks(
+                f"{name}: earlier moves wrote {len(wrote)} chunks into this collection and {target.engine} holds "
+                "none of them now (its table dropped or emptied, or Open WebUI deleted it after the switch). If "
+                "Open WebUI already runs on the target and deleted it there, leave it out (--collection names "
+                "the others); otherwise run again with --replace to copy it anew")
+        target.forget(name)
+        wrote = {}
 
     def ours(chunk_id: str) -> bool:
-        """The row is as a move left it (absent rows included when no move ever wrote them)."""
-        record = wrote.get(chunk_id)
-        return have.get(chunk_id) == (record.stored if record else None)
+        return _ours(have, wrote, chunk_id)
 
     wanted = set(ids)
     gone = sorted(chunk_id for chunk_id in have if chunk_id not in wanted and ours(chunk_id))
@@ -222,8 +283,9 @@ def move_to_pgvector(client: Any, target: Any, *, dimension: int, only: list[str
     if table.dimension != dimension:
         raise TableDoesNotFit(f"the target's table holds {table.dimension}-dimension vectors and the collections "
                               f"hold {dimension}: Open WebUI would pad or cut them. Use an empty database.")
-    report = move(ChromaSource(client), PgvectorTarget(target, table), only=only, replace=replace, progress=progress,
-                  seed=seed)
+    source = ChromaSource(client)
+    report = move(source, PgvectorTarget(target, table, source.identity()), only=only, replace=replace,
+                  progress=progress, seed=seed)
     report.dimension = dimension
     for done in report.collections:
         done.dimension = dimension
@@ -238,8 +300,10 @@ def move_to_chroma(source: Any, client: Any, settings: Any, *, only: list[str] |
     from vector_bridge.move_pgvector import PgvectorSource, open_source_table, real_dimensions
 
     table = open_source_table(source)
+    source.hold_writer_lock()  # a `migrate` re-embedding it meanwhile would hand over half-moved vectors
     dimensions = real_dimensions(source, table, settings, only)
-    report = move(PgvectorSource(source, dimensions), ChromaTarget(client, ef_search=settings.chroma_ef_search),
+    report = move(PgvectorSource(source, dimensions),
+                  ChromaTarget(client, source.identity(), ef_search=settings.chroma_ef_search),
                   only=only, replace=replace, progress=progress, seed=seed, dimensions=dimensions.by_collection)
     lengths = set(dimensions.by_collection.values())
     report.dimension = lengths.pop() if len(lengths) == 1 else None
