@@ -391,7 +391,7 @@ def test_the_replicas_share_one_cache_key_from_a_secret() -> None:
     assert load_settings(redis_cache_key="").redis_cache_key is None  # unset in compose: this replica's own key
     env = {e["name"]: e for e in container(k8s("StatefulSet", "embeddings"))["env"]}
     assert env["EMBED_REDIS_CACHE_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "openwebui-backend", "key": "redis-cache-key"}
+        "name": "openwebui-backend", "key": "redis-cache-key", "optional": True}
 
 
 def secret_create_command(example: str) -> str:
@@ -409,12 +409,12 @@ def secret_create_command(example: str) -> str:
 def test_k8s_takes_the_cache_key_from_the_secret_because_fsgroup_opens_key_files(tmp_path: Path) -> None:
     """fsGroup makes every file on the state volume group-readable (0660) at each mount, and the server refuses
     a key file its group may read: a replica that fell back to its generated key would lose the shared cache at
-    its first restart. So the key comes from the Secret, not optionally, and the documented Secret holds one."""
+    its first restart. So the key comes from the Secret (optional: pods without Redis need none), and the
+    documented Secret holds one."""
     statefulset = k8s("StatefulSet", "embeddings")
     assert statefulset["spec"]["template"]["spec"]["securityContext"]["fsGroup"]
     reference = next(e for e in container(statefulset)["env"] if e["name"] == "EMBED_REDIS_CACHE_KEY")
     reference = reference["valueFrom"]["secretKeyRef"]
-    assert not reference.get("optional")
     example = (DEPLOY / "k8s" / "secret.example.yaml").read_text()
     secret = yaml.safe_load(example)
     assert secret["metadata"]["name"] == reference["name"]
