@@ -6,7 +6,10 @@ must hold the same one to share entries, so it comes from the settings (a Docker
 secret). Without one, a key is generated once in the state folder, owner-only: the cache then
 serves this replica (across its restarts) and no other. A key file that is a symbolic link, belongs
 to another user or that others may read is refused (the shared cache is then off): another user
-could have chosen that secret, or read it.
+could have chosen that secret, or read it. That includes its group, even the server's own: a group
+cannot be told apart from one that other users share, and on Kubernetes an fsGroup makes every file
+on the volume group-readable again at each mount, so a chmod would not last there. Such deployments
+take the key from a Secret (EMBED_REDIS_CACHE_KEY), which every replica needs to share entries anyway.
 """
 
 from __future__ import annotations
@@ -92,8 +95,7 @@ def _read_private(path: Path) -> bytes:
             raise CacheSecretError(f"cache key file {path} is owned by another user (uid {info.st_uid}); "
                                    "delete it to have a new one made")
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CacheSecretError(f"cache key file {path} is readable by other users "
-                                   f"(mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it")
+            raise CacheSecretError(_shared_file_problem(path, info))
         chunks = []
         while chunk := os.read(descriptor, 4096):
             chunks.append(chunk)
@@ -104,3 +106,21 @@ def _read_private(path: Path) -> bytes:
         raise CacheSecretError(f"cache key file {path} holds fewer than {MIN_CACHE_KEY_CHARS} characters; "
                                "delete it to have a new one made")
     return secret
+
+
+def _shared_file_problem(path: Path, info: os.stat_result) -> str:
+    """Why a key file others may open is refused, and the fix that lasts where it came from."""
+    mode = stat.S_IMODE(info.st_mode)
+    if not info.st_mode & stat.S_IRWXO and info.st_gid in _own_groups():
+        # Open to a group the server is in, with others shut out: what a Kubernetes fsGroup leaves (0660,
+        # group = fsGroup) on every file of the volume at each mount, so a chmod would be undone.
+        return (f"cache key file {path} is open to its group (gid {info.st_gid}, mode {mode:o}), as a "
+                "Kubernetes fsGroup leaves every file on a volume at each mount; give every replica the key from "
+                "a Secret (EMBED_REDIS_CACHE_KEY, as deploy/k8s/embeddings.yaml does), or chmod 600 it if nothing "
+                "sets the group bits again")
+    return (f"cache key file {path} is open to other users (mode {mode:o}); chmod 600 it, or set "
+            "EMBED_REDIS_CACHE_KEY (the same on every replica)")
+
+
+def _own_groups() -> set[int]:
+    return {os.getegid(), *os.getgroups()}

@@ -14,6 +14,7 @@ import yaml
 
 from config import Settings, load_settings
 from embed_server.app import create_app
+from embed_server.cache_secret import KEY_FILE, CacheSecretError, cache_secret
 from tests.servers import REPO
 from vector_bridge.openwebui_env import model_dimension, openwebui_environment, pgvector_environment
 
@@ -391,3 +392,41 @@ def test_the_replicas_share_one_cache_key_from_a_secret() -> None:
     env = {e["name"]: e for e in container(k8s("StatefulSet", "embeddings"))["env"]}
     assert env["EMBED_REDIS_CACHE_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "openwebui-backend", "key": "redis-cache-key", "optional": True}
+
+
+def secret_create_command(example: str) -> str:
+    """The example Secret's first `kubectl create secret` command, its continued lines joined."""
+    lines = [line.lstrip("#").strip() for line in example.splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("kubectl create secret"))
+    command = []
+    for line in lines[start:]:
+        command.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return " ".join(command)
+
+
+def test_k8s_takes_the_cache_key_from_the_secret_because_fsgroup_opens_key_files(tmp_path: Path) -> None:
+    """fsGroup makes every file on the state volume group-readable (0660) at each mount, and the server refuses
+    a key file its group may read: a replica that fell back to its generated key would lose the shared cache at
+    its first restart. So the key comes from the Secret (optional: pods without Redis need none), and the
+    documented Secret holds one."""
+    statefulset = k8s("StatefulSet", "embeddings")
+    assert statefulset["spec"]["template"]["spec"]["securityContext"]["fsGroup"]
+    reference = next(e for e in container(statefulset)["env"] if e["name"] == "EMBED_REDIS_CACHE_KEY")
+    reference = reference["valueFrom"]["secretKeyRef"]
+    example = (DEPLOY / "k8s" / "secret.example.yaml").read_text()
+    secret = yaml.safe_load(example)
+    assert secret["metadata"]["name"] == reference["name"]
+    placeholder = secret["stringData"][reference["key"]]
+    assert load_settings(redis_cache_key=placeholder).redis_cache_key is not None  # long enough to start
+    command = secret_create_command(example)
+    assert f"generic {reference['name']} " in command and f"--from-literal={reference['key']}=" in command
+    # What fsGroup leaves: refused, the error naming the fix; with the Secret's key no file is read.
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / KEY_FILE).write_text("k" * 64)
+    (state / KEY_FILE).chmod(0o660)
+    with pytest.raises(CacheSecretError, match="fsGroup.*EMBED_REDIS_CACHE_KEY"):
+        cache_secret(load_settings(state_dir=state))
+    assert cache_secret(load_settings(state_dir=state, redis_cache_key=placeholder)) == placeholder.encode()

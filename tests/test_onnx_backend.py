@@ -20,7 +20,7 @@ from config import ModelSpec, SettingsError, load_settings
 from embed_server.backends import onnx_export
 from embed_server.backends.onnx import OnnxBackend
 from embed_server.backends.transformer import resolve_source
-from embed_server.private_dir import UnsafeDirectory
+from embed_server.private_dir import UnsafeDirectory, open_private_dir
 from tests.reference import raw_embeddings
 from tests.servers import embed_server
 
@@ -181,6 +181,69 @@ def test_a_sticky_shared_folder_above_our_own_cache_is_accepted(int8: OnnxBacken
     graph = copy_of_cache(int8, shared / "cache")
     path, data = onnx_export.load_graph(resolve_source(SOURCE), "int8", shared / "cache", "m")
     assert path == graph and data == int8.path.read_bytes()
+
+
+@pytest.mark.parametrize("where", ["cache", "onnx", "model"])
+def test_a_sticky_bit_does_not_make_the_cache_itself_shareable(int8: OnnxBackend, tmp_path: Path, where: str) -> None:
+    # Others could put a folder of theirs under the name a graph's folder (or onnx/) is built under.
+    cache = tmp_path / "cache"
+    graph = copy_of_cache(int8, cache)
+    folder = {"cache": cache, "onnx": cache / "onnx", "model": graph.parent}[where]
+    folder.chmod(0o1777)
+    with pytest.raises(UnsafeDirectory, match="sticky bit is enough only for the folders above it") as refused:
+        onnx_export.load_graph(resolve_source(SOURCE), "int8", cache, "m")
+    assert refused.value.path == folder
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a link to another user")
+def test_a_link_another_user_made_in_a_shared_folder_on_the_way_is_refused(int8: OnnxBackend, tmp_path: Path) -> None:
+    # In a sticky folder anyone may make an entry under a name we use; a link of theirs could be pointed at a
+    # cache of their own at any time, so its owner is checked like a folder's.
+    graph = copy_of_cache(int8, tmp_path / "home" / "cache")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = shared / "home"
+    link.symlink_to(tmp_path / "home")
+    path, data = onnx_export.load_graph(resolve_source(SOURCE), "int8", link / "cache", "m")  # ours: followed
+    assert data == graph.read_bytes() and path == link / "cache" / "onnx" / graph.parent.name / graph.name
+    os.chown(link, 65534, 65534, follow_symlinks=False)
+    with pytest.raises(UnsafeDirectory, match=r"symbolic link another user made \(uid 65534\)") as refused:
+        onnx_export.load_graph(resolve_source(SOURCE), "int8", link / "cache", "m")
+    assert refused.value.path == link
+    assert sorted(p.name for p in graph.parent.parent.iterdir()) == [graph.parent.name]  # nothing built or moved
+
+
+@pytest.mark.parametrize("name", [onnx_export.GRAPH_FILE, onnx_export.MANIFEST_FILE])
+def test_a_graph_or_manifest_that_is_a_symbolic_link_is_refused(int8: OnnxBackend, tmp_path: Path, name: str) -> None:
+    graph = copy_of_cache(int8, tmp_path / "cache")
+    elsewhere = tmp_path / name
+    (graph.parent / name).rename(elsewhere)  # the same bytes, now behind a link
+    (graph.parent / name).symlink_to(elsewhere)
+    with pytest.raises(UnsafeDirectory, match="it is a symbolic link") as refused:
+        onnx_export.load_graph(resolve_source(SOURCE), "int8", tmp_path / "cache", "m")
+    assert refused.value.path == graph.parent / name
+    assert not list(tmp_path.glob("cache/onnx/*.corrupt-*")) and not list(tmp_path.glob("cache/onnx/.partial-*"))
+
+
+def test_what_was_checked_is_what_is_read_whatever_the_path_becomes(int8: OnnxBackend, tmp_path: Path) -> None:
+    graph = copy_of_cache(int8, tmp_path / "cache")
+    with open_private_dir(graph.parent) as checked:
+        graph.parent.rename(tmp_path / "moved")  # after the check, another folder takes the checked one's path
+        graph.parent.mkdir()
+        (graph.parent / onnx_export.GRAPH_FILE).write_bytes(b"planted")
+        assert checked.read_file(onnx_export.GRAPH_FILE) == int8.path.read_bytes()
+
+
+def test_missing_cache_folders_are_made_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    umask = os.umask(0o002)
+    try:
+        with open_private_dir(tmp_path / "new" / "cache", create=True) as cache, cache.subdir("onnx", create=True):
+            pass
+    finally:
+        os.umask(umask)
+    for folder in (tmp_path / "new", tmp_path / "new" / "cache", tmp_path / "new" / "cache" / "onnx"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
 
 
 def test_missing_onnxruntime_is_a_settings_error_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,3 +166,19 @@ def test_a_generated_key_owned_by_another_user_is_refused(redis_server: RedisSer
     with caplog.at_level(logging.ERROR):
         replica = Replica(redis_server, state, prefix, key=None)
     assert "owned by another user" in refused_without_the_secret(replica, secret, caplog)
+
+
+def test_a_generated_key_open_to_its_group_is_refused_naming_the_secret_to_use(
+        redis_server: RedisServer, tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    # What a Kubernetes fsGroup leaves on the state volume at every mount: 0660, group = one the server is in.
+    # The group could still be shared with other users, and a chmod would not last: the key belongs in a Secret.
+    secret = "g" * 64
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / KEY_FILE).write_text(secret)
+    (state / KEY_FILE).chmod(0o660)
+    assert (state / KEY_FILE).stat().st_gid in {os.getegid(), *os.getgroups()}
+    with caplog.at_level(logging.ERROR):
+        replica = Replica(redis_server, state, prefix, key=None)
+    error = refused_without_the_secret(replica, secret, caplog)
+    assert "open to its group" in error and "fsGroup" in error and "EMBED_REDIS_CACHE_KEY" in error

@@ -15,7 +15,8 @@ Before that rename the graph and then a manifest with its size and SHA-256 reach
 files, then the folder entries), so a power cut leaves the old state or the whole new one. Every
 load reads the graph once, checks those bytes against the manifest and hands exactly them to ONNX
 Runtime: a truncated or altered graph (or one without a manifest) is moved aside and built again,
-and nothing is read from a cache folder another user could write to (``private_dir``).
+and nothing is read from a cache folder another user could write to (``private_dir``): the folders
+are walked and checked by descriptor, and the manifest and graph read from the checked folder's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from embed_server.private_dir import check_private_dir, check_private_file, make_private_dirs
+from embed_server.private_dir import PrivateDir, open_private_dir
 from embed_server.state_file import fsync_file, fsync_folder, set_aside, write_atomic
 
 log = logging.getLogger(__name__)
@@ -88,37 +89,50 @@ def load_graph(folder: Path, quantize: str | None, cache_dir: Path, name: str) -
     """The cached graph's path and its bytes, checked against its manifest; built (again) when it is missing
     or damaged. Raises UnsafeDirectory, before reading anything, for a cache another user could write to."""
     target = graph_path(folder, quantize, cache_dir, name)
-    make_private_dirs(target.parent.parent)
-    check_private_dir(target.parent.parent)
-    for attempt in ("cached", "built"):
-        if target.parent.exists():
-            try:
-                return target, read_verified(target)
-            except GraphCorrupt as error:
-                if attempt == "built":  # a fresh build that fails its own manifest: stop, do not loop
-                    raise ExportError(f"the graph built for {name} does not match its manifest: {error}") from error
-                set_aside(target.parent, str(error), what="cached ONNX graph", event="onnx_graph_corrupt",
-                          then="building it again")
-        _build_in_place(folder, quantize, target)
+    # The cache folder and onnx/ are the graphs' own: a sticky bit is accepted only above them.
+    with open_private_dir(cache_dir, create=True) as cache, cache.subdir("onnx", create=True) as graphs:
+        for attempt in ("cached", "built"):
+            built = _open_if_present(graphs, target.parent.name)
+            if built is not None:
+                try:
+                    with built:
+                        return target, _read_verified(built)
+                except GraphCorrupt as error:
+                    if attempt == "built":  # a fresh build that fails its own manifest: stop, do not loop
+                        raise ExportError(f"the graph built for {name} does not match its manifest: "
+                                          f"{error}") from error
+                    set_aside(target.parent, str(error), what="cached ONNX graph", event="onnx_graph_corrupt",
+                              then="building it again")
+            _build_in_place(folder, quantize, target, graphs)
     raise AssertionError("unreachable")
 
 
 def read_verified(target: Path) -> bytes:
-    """The graph's bytes, once they match the manifest beside them. The same bytes go to ONNX Runtime, so a
-    file changed after the check is never what runs."""
-    check_private_dir(target.parent)
-    manifest_path = target.parent / MANIFEST_FILE
+    """The graph at ``target``, read as ``load_graph`` reads it (its folder checked from the root down)."""
+    with open_private_dir(target.parent) as built:
+        return _read_verified(built)
+
+
+def _open_if_present(graphs: PrivateDir, name: str) -> PrivateDir | None:
     try:
-        check_private_file(manifest_path)
-        manifest = json.loads(manifest_path.read_bytes())
+        return graphs.subdir(name)
+    except FileNotFoundError:
+        return None
+
+
+def _read_verified(built: PrivateDir) -> bytes:
+    """The graph's bytes, once they match the manifest beside them. Both are read from descriptors opened in
+    the checked folder, and the same bytes go to ONNX Runtime, so a file changed or swapped after the check
+    is never what runs."""
+    try:
+        manifest = json.loads(built.read_file(MANIFEST_FILE))
         expected_size, expected_sum = int(manifest["bytes"]), str(manifest["sha256"])
     except FileNotFoundError:
         raise GraphCorrupt("it has no manifest (built by an older version, or cut off)") from None
     except (ValueError, KeyError, TypeError) as error:
         raise GraphCorrupt(f"its manifest is unreadable ({type(error).__name__})") from None
     try:
-        check_private_file(target)
-        data = target.read_bytes()
+        data = built.read_file(GRAPH_FILE)
     except FileNotFoundError:
         raise GraphCorrupt("the graph file is missing") from None
     if len(data) != expected_size:
@@ -129,7 +143,9 @@ def read_verified(target: Path) -> bytes:
     return data
 
 
-def _build_in_place(folder: Path, quantize: str | None, target: Path) -> None:
+def _build_in_place(folder: Path, quantize: str | None, target: Path, graphs: PrivateDir) -> None:
+    """Build into a temporary folder of ``graphs`` (the checked onnx/ folder, whose path ``target`` is in)
+    and rename it into place there."""
     parent = target.parent.parent
     _remove_stale_partials(parent)
     started = time.perf_counter()
@@ -141,11 +157,12 @@ def _build_in_place(folder: Path, quantize: str | None, target: Path) -> None:
         _build(folder, quantize, work)
         _seal(work)
         try:
-            os.rename(work, target.parent)  # atomic: the folder appears whole or not at all
+            # Atomic: the folder appears whole or not at all; in the checked folder, whatever its path does.
+            os.rename(work.name, target.parent.name, src_dir_fd=graphs.fd, dst_dir_fd=graphs.fd)
         except OSError:
             if not target.is_file():  # not a concurrent build that finished first
                 raise
-        fsync_folder(parent)  # the rename itself must reach the disk too
+        os.fsync(graphs.fd)  # the rename itself must reach the disk too
     except Exception as error:
         raise ExportError(f"cannot export {folder} to ONNX: {type(error).__name__}: {error}") from error
     finally:
@@ -159,7 +176,7 @@ def _seal(work: Path) -> None:
     """Make the built graph durable, then record its size and SHA-256 beside it; the manifest comes last, so
     a manifest on disk vouches for a graph that is all there."""
     graph = work / GRAPH_FILE
-    graph.chmod(0o644)  # whatever the umask: check_private_file refuses a graph others may write
+    graph.chmod(0o644)  # whatever the umask: a graph others may write is refused when it is read
     fsync_file(graph)
     digest = hashlib.sha256()
     size = 0
