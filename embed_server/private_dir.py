@@ -24,6 +24,10 @@ from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
+# Folders on the way are opened as paths only (O_PATH): that needs the right to search them, as a lookup by name
+# does, not to list them (a 0711 folder above the cache is fine). The final folder is opened again, through its
+# descriptor, to be read.
+_WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO put in place of a file must not hang the start; it is refused once opened.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -119,7 +123,8 @@ def _walk(start: int, start_path: Path, parts: list[str], create: bool) -> Priva
                 _close_all(stack)
                 stack = [(root, Path("/"))]
             pending[:0] = target.parts[1:] if target.is_absolute() else target.parts
-        final, path = stack.pop()
+        walked, path = stack[-1]
+        final = os.open(".", _DIR_FLAGS, dir_fd=walked)  # the very folder checked on the way, readable now
         try:
             _check_dir(final, path, final=True)
         except BaseException:
@@ -133,7 +138,7 @@ def _walk(start: int, start_path: Path, parts: list[str], create: bool) -> Priva
 def _step(parent: int, where: Path, name: str, create: bool) -> int | str:
     """The folder ``name`` in ``parent``, opened, or the target of a symbolic link there that may be followed."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        return os.open(name, _WALK_FLAGS, dir_fd=parent)
     except FileNotFoundError as error:
         if not create:
             raise _naming(error, where / name) from None
@@ -169,7 +174,7 @@ def _is_link(parent: int, name: str) -> bool:
 
 
 def _open_root() -> int:
-    root = os.open("/", _DIR_FLAGS)
+    root = os.open("/", _WALK_FLAGS)
     try:
         _check_dir(root, Path("/"), final=False)
     except BaseException:

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -233,6 +235,37 @@ def test_what_was_checked_is_what_is_read_whatever_the_path_becomes(int8: OnnxBa
         graph.parent.mkdir()
         (graph.parent / onnx_export.GRAPH_FILE).write_bytes(b"planted")
         assert checked.read_file(onnx_export.GRAPH_FILE) == int8.path.read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_folders_above_the_cache_need_only_to_be_searchable() -> None:
+    """A 0711 folder above the cache (another user's home, say) may be passed through but not listed: the walk
+    must not need more than a lookup by name does. Run as an unprivileged user in a child process."""
+    root = Path(tempfile.mkdtemp())  # pytest's own folders are 0700: not even searchable by another user
+    above = root / "above"
+    cache = above / "cache"
+    cache.mkdir(parents=True)
+    os.chmod(root, 0o711)
+    os.chmod(above, 0o711)
+    os.chown(cache, 65534, 65534)
+    (cache / "file").write_bytes(b"ok")
+    os.chown(cache / "file", 65534, 65534)
+    child = os.fork()
+    if child == 0:  # the child leaves by os._exit only: never back into pytest
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with open_private_dir(cache) as opened:
+                code = 0 if opened.read_file("file") == b"ok" else 2
+        except BaseException as error:  # noqa: BLE001 - said on stderr, then the exit code tells
+            print(f"as uid 65534: {error!r}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    try:
+        assert os.waitpid(child, 0)[1] == 0
+    finally:
+        shutil.rmtree(root)
 
 
 def test_missing_cache_folders_are_made_owner_only_whatever_the_umask(tmp_path: Path) -> None:
