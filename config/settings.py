@@ -29,6 +29,7 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 Precision = Literal["fp32", "fp16", "bf16"]
 CONFIG_FILE_ENV = "EMBED_CONFIG"
 MIN_CACHE_KEY_CHARS = 16
+EXAMPLE_SECRET = "change-me"  # how the deploy examples' placeholder secrets begin
 
 
 class ModelSpec(BaseModel):
@@ -348,6 +349,18 @@ class Settings(BaseSettings):
             if not keys:
                 raise ValueError(f"api_keys_file {self.api_keys_file} holds no key")
             self.api_keys = [*self.api_keys, *map(SecretStr, keys)]
+        return self
+
+    @model_validator(mode="after")
+    def _no_example_secrets(self) -> "Settings":
+        # deploy/k8s/secret.example.yaml's placeholders ("change-me-...") are public: a server started with one
+        # would be open to anyone who read the example.
+        secrets = {"an API key": self.api_keys, "an admin key": self.admin_keys,
+                   "the Redis cache key": [self.redis_cache_key] if self.redis_cache_key else []}
+        for what, values in secrets.items():
+            if any(value.get_secret_value().strip().lower().startswith(EXAMPLE_SECRET) for value in values):
+                raise ValueError(f"{what} is still the example's placeholder ({EXAMPLE_SECRET}...): set a value of "
+                                 "your own, e.g. from `openssl rand -hex 32`")
         return self
 
     def exposure_problem(self) -> str | None:

@@ -12,7 +12,7 @@ from string import Template
 import pytest
 import yaml
 
-from config import Settings, load_settings
+from config import Settings, SettingsError, load_settings
 from embed_server.app import create_app
 from embed_server.cache_secret import KEY_FILE, CacheSecretError, cache_secret
 from tests.servers import REPO
@@ -419,7 +419,11 @@ def test_k8s_takes_the_cache_key_from_the_secret_because_fsgroup_opens_key_files
     secret = yaml.safe_load(example)
     assert secret["metadata"]["name"] == reference["name"]
     placeholder = secret["stringData"][reference["key"]]
-    assert load_settings(redis_cache_key=placeholder).redis_cache_key is not None  # long enough to start
+    # The example's values are public: the server refuses to start on them, keys and cache key alike.
+    for setting in ({"redis_cache_key": placeholder}, {"api_keys": secret["stringData"]["embed-api-key"]}):
+        with pytest.raises(SettingsError, match="example's placeholder"):
+            load_settings(**setting)
+    own = "0123456789abcdef0123456789abcdef"
     command = secret_create_command(example)
     assert f"generic {reference['name']} " in command and f"--from-literal={reference['key']}=" in command
     # What fsGroup leaves: refused, the error naming the fix; with the Secret's key no file is read.
@@ -429,4 +433,4 @@ def test_k8s_takes_the_cache_key_from_the_secret_because_fsgroup_opens_key_files
     (state / KEY_FILE).chmod(0o660)
     with pytest.raises(CacheSecretError, match="fsGroup.*EMBED_REDIS_CACHE_KEY"):
         cache_secret(load_settings(state_dir=state))
-    assert cache_secret(load_settings(state_dir=state, redis_cache_key=placeholder)) == placeholder.encode()
+    assert cache_secret(load_settings(state_dir=state, redis_cache_key=own)) == own.encode()

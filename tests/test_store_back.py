@@ -27,6 +27,7 @@ from tests.servers import REPO, free_port
 from tests.test_store_move import CONFIG, DIM, fill
 from vector_bridge.backup import backup
 from vector_bridge.backup_file import read_contents
+from vector_bridge.move_chroma import ChromaTarget
 from vector_bridge.pgvector_store import PgvectorStore, vector_literal
 from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.stack import chroma_service
@@ -207,7 +208,7 @@ def test_catch_up_and_what_open_webui_wrote_in_chroma_is_never_undone(stores: tu
     with psycopg.connect(url, autocommit=True) as connection:  # and a last change still left in pgvector
         connection.execute("DELETE FROM document_chunk WHERE id = 'kb-live-4'")
     report = by_name(run(settings, back_port, "chroma", *only("kb-live")))["kb-live"]
-    assert (report["written"], report["removed"], report["kept"]) == (0, 0, 3)
+    assert (report["written"], report["removed"], report["kept"], report["missing"]) == (0, 0, 2, 1)
     moved = contents(back, "kb-live")
     assert "after-switch" in moved and "kb-live-3" not in moved and moved["kb-live-4"][0] == "edited in Chroma"
 
@@ -327,9 +328,38 @@ def test_a_collection_no_move_wrote_is_refused_unless_replaced(stores: tuple, se
     back.delete_collection("kb-stale")
     process = cli(settings, back_port, "chroma", url=url)
     out, err = process.communicate(timeout=600)
-    assert process.returncode == 1 and "holds none" in err and "--replace" in err
-    assert by_name(run(settings, back_port, "chroma", "--replace", url=url))["kb-stale"]["written"] == 10
+    assert process.returncode == 1 and "holds none" in err and "--copy-again kb-stale" in err
+    assert "kb-stale" not in {c.name for c in back.list_collections()}  # not made again unasked
+    assert by_name(run(settings, back_port, "chroma", "--copy-again", "kb-stale", url=url))["kb-stale"]["written"] == 10
     assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "kb-stale"))
+
+
+def test_a_take_over_cut_between_its_pages_is_finished_by_the_next_run(stores: tuple, settings: Settings,
+                                                                        back_port: int) -> None:
+    """What a kill leaves in a --replace run on Chroma, whose take-over records pages of 1,000 rows: its marker,
+    and the entries of the first page only. The next run, without --replace, finishes it."""
+    _, back = stores
+    url = schema_url(settings, "taken")
+    with PgvectorStore(url) as store:
+        store.create_table(DIM)
+    rows = unit_rows("kb-taken", 1200, DIM, 75)
+    insert(url, "kb-taken", rows)
+    old = back.get_or_create_collection("kb-taken", metadata={"hnsw:space": "cosine"})
+    for start in range(0, 1200, 400):
+        old.add(ids=[r[0] for r in rows[start:start + 400]], documents=["old text"] * 400,
+                embeddings=np.stack([r[3] for r in rows[start:start + 400]]))
+    prints = ChromaTarget(back, lambda name: None).fingerprints("kb-taken")  # the rows as Chroma holds them
+    record = back.get_collection(MOVES_COLLECTION)
+    record.upsert(ids=["kb-taken:"], embeddings=[[1.0]], metadatas=[{"collection": "kb-taken", "chunk": "",
+                                                                     "take_over": True}])
+    first = rows[:1000]
+    record.upsert(ids=[f"kb-taken:{r[0]}" for r in first], embeddings=[[1.0]] * len(first),
+                  metadatas=[{"collection": "kb-taken", "chunk": r[0], "sent": "", "stored": prints[r[0]],
+                              "pending": False} for r in first])
+    report = by_name(run(settings, back_port, "chroma", url=url))["kb-taken"]
+    assert report["written"] == 1200 and report["kept"] == 0
+    assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "kb-taken"))
+    assert not record.get(ids=["kb-taken:"])["ids"]
 
 
 def test_a_collection_deleted_from_pgvector_goes_from_chroma_and_only_a_move_from_there_deletes_it(

@@ -147,7 +147,7 @@ def test_after_the_switch_what_open_webui_wrote_in_pgvector_is_never_undone(stor
         connection.execute("DELETE FROM document_chunk WHERE id = 'kb-switch-2'")
         connection.execute("UPDATE document_chunk SET text = 'edited in pgvector' WHERE id = 'kb-switch-3'")
     report = {c["collection"]: c for c in move(settings)["collections"]}["kb-switch"]
-    assert (report["written"], report["removed"], report["kept"]) == (0, 0, 3)
+    assert (report["written"], report["removed"], report["kept"], report["missing"]) == (0, 0, 2, 1)
     with PgvectorStore(pgvector_url(settings)) as target:
         rows = {chunk.id: chunk for chunk in target.read("kb-switch")}
     assert "after-switch" in rows and "kb-switch-2" not in rows and rows["kb-switch-3"].text == "edited in pgvector"
@@ -248,6 +248,31 @@ def test_a_collection_deleted_in_chroma_goes_from_pgvector_but_not_what_open_web
     assert {"kb-deleted", "kb-deleted-edited"}.isdisjoint(c["collection"] for c in move(settings)["collections"])
 
 
+def test_another_chroma_store_moved_into_the_same_pgvector_removes_nothing(stores: chromadb.ClientAPI,
+                                                                           settings: Settings) -> None:
+    """A Chroma store made again (or another one) has the same database id as every Chroma: what it lacks is no
+    proof that anything was deleted."""
+    fill(stores, "kb-first", 10, 95)
+    move(settings)
+    other = settings.model_copy(update={"chroma_port": free_port(), "chroma_path": settings.chroma_path.with_name("c2"),
+                                        "log_dir": settings.log_dir.with_name("logs-c2")})
+    service = chroma_service(other)
+    service.spawn()
+    try:
+        service.wait_ready()
+        fill(chromadb.HttpClient(host="127.0.0.1", port=other.chroma_port), "kb-second", 5, 96)
+        process = cli(other, "--json")
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        assert {c["collection"]: c["removed"] for c in json.loads(out)["collections"]} == {"kb-second": 0}
+    finally:
+        service.stop()
+    with PgvectorStore(pgvector_url(settings)) as target:
+        collections = target.collections()
+    assert collections["kb-first"] == 10 and collections["kb-second"] == 5
+    assert "kb-second" not in {c["collection"] for c in move(settings)["collections"]}  # nor the first, back
+
+
 def test_an_emptied_collection_is_refused_until_replaced_and_a_table_made_again_starts_afresh(
         stores: chromadb.ClientAPI, settings: Settings) -> None:
     fill(stores, "kb-emptied", 30, 60)
@@ -256,8 +281,11 @@ def test_an_emptied_collection_is_refused_until_replaced_and_a_table_made_again_
         connection.execute("DELETE FROM document_chunk WHERE collection_name = 'kb-emptied'")
     process = cli(settings)
     out, err = process.communicate(timeout=600)
-    assert process.returncode == 1 and "kb-emptied" in err and "holds none" in err and "--replace" in err
-    process = cli(settings, "--replace", "--json")
+    assert process.returncode == 1 and "kb-emptied" in err and "holds none" in err and "--copy-again" in err
+    process = cli(settings, "--replace", "--json")  # --replace only takes over collections no move wrote
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 1 and "holds none" in err
+    process = cli(settings, "--copy-again", "kb-emptied", "--json")
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
     assert {c["collection"]: c["written"] for c in json.loads(out)["collections"]}["kb-emptied"] == 30

@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "--store-only: Open WebUI is not switched)")
     move.add_argument("--store-only", action="store_true", help="migrate the store without switching Open WebUI")
     move.add_argument("--replace", action="store_true", help="with --to-store: take over target collections that "
-                      "hold chunks no move wrote (data from before an earlier switch), making them the source's copy, "
-                      "and copy anew those moves wrote that the target now holds nothing of")
+                      "hold chunks no move wrote (data from before an earlier switch), making them the source's copy")
+    move.add_argument("--copy-again", action="append", metavar="COLLECTION",
+                      help="with --to-store: copy this collection anew though moves wrote it and the target now holds "
+                           "none of it (repeatable; never for one Open WebUI deleted there after the switch)")
     move.add_argument("--drop-old", action="store_true", help="delete the old vectors once the cutover is done "
                                                               "(no rollback after that)")
     move.add_argument("--batch", type=int, default=128,
@@ -326,8 +328,8 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.to_store:
         return _move_store(args, settings)
-    if args.replace:
-        print("vector-bridge: --replace goes with --to-store", file=sys.stderr)
+    if args.replace or args.copy_again:
+        print(f"vector-bridge: {'--replace' if args.replace else '--copy-again'} goes with --to-store", file=sys.stderr)
         return 2
     if not 1 <= args.batch <= 2048:  # the embeddings API takes at most 2,048 inputs per request
         print("vector-bridge: --batch must be between 1 and 2048", file=sys.stderr)
@@ -410,7 +412,9 @@ def _move_store(args: argparse.Namespace, settings: Settings) -> int:
     for done in report.collections:
         print(f"{done.collection}: {done.chunks} chunks ({done.written} written, {done.removed} removed, "
               f"{done.verified} compared whole"
-              f"{f', {done.kept} left as Open WebUI wrote them in {where}' if done.kept else ''}) in {done.seconds:.1f} s")
+              f"{f', {done.kept} left as Open WebUI wrote them in {where}' if done.kept else ''}"
+              f"{f', {done.missing} deleted in {where} since a move wrote them, not brought back' if done.missing else ''}"
+              f") in {done.seconds:.1f} s")
     if report.skipped:
         print(f"not copied (migrate's own shadows and kept old vectors): {', '.join(report.skipped)}")
     if report.target == "pgvector":
@@ -443,6 +447,7 @@ def _move_to_pgvector(args: argparse.Namespace, settings: Settings, url: str) ->
     dimension = vector_length(client, args.collection)
     with PgvectorStore(url) as target:
         report = move_to_pgvector(client, target, dimension=dimension, only=args.collection, replace=args.replace,
+                                  copy_again=args.copy_again,
                                   progress=_show_progress(args))
     return report, {}
 
@@ -455,6 +460,7 @@ def _move_to_chroma(args: argparse.Namespace, settings: Settings, url: str) -> t
     client = connect_chroma(settings)
     with PgvectorStore(url) as source:
         report, dimensions = move_to_chroma(source, client, settings, only=args.collection, replace=args.replace,
+                                            copy_again=args.copy_again,
                                             progress=_show_progress(args))
     env = openwebui_environment(settings.model_copy(update={"store": "chroma"}))
     switch = {name: value for name, value in env.items() if name == "VECTOR_DB" or name.startswith("CHROMA_")}

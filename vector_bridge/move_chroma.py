@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,12 +81,27 @@ class ChromaSource:
 
     def __init__(self, client: ClientAPI) -> None:
         self.client = client
+        self._tokens: dict[str, str] = {}
 
-    def identity(self) -> str | None:
-        return chroma_identity(self.client)
+    def _current(self) -> dict[str, str]:
+        # A collection's id is random and kept through renames: a token no other store has, and that
+        # migrate's swap (NAME -> NAME.pre.M) carries along, so a swap never looks like a deletion.
+        return {collection.name: f"chroma:{collection.id}" for collection in self.client.list_collections()}
+
+    def token(self, name: str) -> str | None:
+        if name not in self._tokens:
+            self._tokens[name] = f"chroma:{self.client.get_collection(name).id}"
+        return self._tokens[name]
+
+    def deleted(self, token: str, recorded: set[str]) -> bool:
+        # Gone from this store, which must still hold some collection moves recorded: a Chroma made again
+        # (or another one) holds none, and proves nothing.
+        current = set(self._current().values())
+        return token not in current and bool(current & recorded)
 
     def names(self) -> tuple[list[str], list[str]]:
-        names = sorted(collection.name for collection in self.client.list_collections())
+        self._tokens = self._current()
+        names = sorted(self._tokens)
         # migrate's shadows and kept old vectors are not the live store; the record is the move's own
         return ([n for n in names if not _not_openwebuis(n)],
                 [n for n in names if migration_part(n)])
@@ -119,13 +135,14 @@ def chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 class ChromaTarget:
     engine = "Chroma"
 
-    def __init__(self, client: ClientAPI, source: str | None, *, ef_search: int = 0) -> None:
-        self.client, self.source, self.ef_search = client, source, ef_search
+    def __init__(self, client: ClientAPI, token: Callable[[str], str | None], *, ef_search: int = 0) -> None:
+        self.client, self.token, self.ef_search = client, token, ef_search
         self._record = client.get_or_create_collection(
             MOVES_COLLECTION, metadata={"vector_bridge": "chunks vector-bridge migrate --to-store chroma wrote"},
             embedding_function=None)
         self._collections: dict[str, Collection] = {}
         self._lengths: dict[str, int] = {}  # each collection's vector length, once known
+        self._absent: set[str] = set()  # collections moves wrote that are gone: not made again unasked
 
     def _collection(self, name: str) -> Collection:
         if name not in self._collections:
@@ -135,6 +152,10 @@ class ChromaTarget:
     def open(self, name: str) -> None:
         if name == MOVES_COLLECTION:
             raise ChromaRefused(f"{name}: the name of this tool's own record on Chroma; rename the collection")
+        self._absent.discard(name)
+        if self._entries(name) and name not in {collection.name for collection in self.client.list_collections()}:
+            self._absent.add(name)  # deleted since moves wrote it: the caller decides (it stays deleted unasked)
+            return
         try:
             collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
                                                               embedding_function=None)
@@ -146,6 +167,7 @@ class ChromaTarget:
             collection.modify(configuration={"hnsw": {"ef_search": self.ef_search}})
         self._collections[name] = collection
         self._settle_pending(name)
+        self._finish_take_over(name)
 
     def _entries(self, name: str) -> list[tuple[str, dict[str, Any]]]:
         found, offset = [], 0
@@ -159,7 +181,8 @@ class ChromaTarget:
 
     def _settle_pending(self, name: str) -> None:
         """A run killed mid-page: its rows are the move's, as they are now (see the module's docstring)."""
-        pending = {entry["chunk"]: key for key, entry in self._entries(name) if entry.get("pending")}
+        pending = {entry["chunk"]: key for key, entry in self._entries(name)
+                   if entry.get("pending") and not entry.get("take_over")}
         if not pending:
             return
         now = self._fingerprints(name, list(pending))
@@ -173,11 +196,20 @@ class ChromaTarget:
         log.info("took over a killed run's page", extra={"collection": name, "present": len(settled),
                                                          "absent": len(absent)})
 
+    def _finish_take_over(self, name: str) -> None:
+        """A take-over killed between its pages: the rows it had not recorded yet are taken over now."""
+        if not any(entry.get("take_over") for _, entry in self._entries(name)):
+            return
+        recorded = {entry["chunk"] for _, entry in self._entries(name)}
+        now = self.fingerprints(name)
+        self.take_over(name, {chunk_id: print_ for chunk_id, print_ in now.items() if chunk_id not in recorded})
+        log.info("finished a killed run's take-over", extra={"collection": name})
+
     def ids(self, name: str) -> set[str]:
-        return set(all_ids(self._collection(name)))
+        return set() if name in self._absent else set(all_ids(self._collection(name)))
 
     def fingerprints(self, name: str) -> dict[str, str]:
-        return self._fingerprints(name, all_ids(self._collection(name)))
+        return {} if name in self._absent else self._fingerprints(name, all_ids(self._collection(name)))
 
     def _fingerprints(self, name: str, ids: list[str]) -> dict[str, str]:
         found = {}
@@ -188,38 +220,47 @@ class ChromaTarget:
 
     def written(self, name: str) -> dict[str, Record]:
         return {entry["chunk"]: Record(entry["sent"], entry["stored"]) for _, entry in self._entries(name)
-                if not entry.get("pending")}
+                if not entry.get("pending") and not entry.get("take_over")}
 
-    def moved_collections(self) -> set[str]:
-        if not self.source:
-            return set()
-        ours, others, offset = set(), set(), 0
+    def moved_collections(self) -> dict[str, set[str | None]]:
+        found: dict[str, set[str | None]] = {}
+        offset = 0
         while True:
             page = self._record.get(include=["metadatas"], limit=METADATA_PAGE, offset=offset)
             for entry in page["metadatas"]:
-                (ours if entry.get("source") == self.source else others).add(entry["collection"])
+                if not entry.get("take_over"):
+                    found.setdefault(entry["collection"], set()).add(entry.get("source"))
             offset += len(page["ids"])
             if len(page["ids"]) < METADATA_PAGE:
-                return ours - others
+                return found
 
     def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        # "" as sent: each row is compared with the source again and rewritten.
+        """Chroma writes one page of entries at a time: a marker first, gone only when every row is recorded,
+        so a run killed in between has the next one finish it (``open``)."""
+        marker = _key(name, "")  # no chunk has an empty id
+        self._record.upsert(ids=[marker], embeddings=[_NO_VECTOR],
+                            metadatas=[{"collection": name, "chunk": "", "take_over": True}])
         ids = list(fingerprints)
         for start in range(0, len(ids), METADATA_PAGE):
             page = ids[start:start + METADATA_PAGE]
+            # "" as sent: each row is compared with the source again and rewritten.
             self._record.upsert(ids=[_key(name, chunk_id) for chunk_id in page],
                                 embeddings=[_NO_VECTOR] * len(page),
                                 metadatas=[self._entry(name, chunk_id, "", fingerprints[chunk_id])
                                            for chunk_id in page])
+        self._record.delete(ids=[marker])
 
     def forget(self, name: str) -> None:
         self._record.delete(where={"collection": name})
 
     def retire(self, name: str) -> None:
+        if name in self._absent:
+            return
         collection = self._collection(name)
         if collection.count() == 0:  # what Open WebUI does when it deletes a knowledge base: no collection
             self.client.delete_collection(name)
             self._collections.pop(name, None)
+            self._lengths.pop(name, None)
 
     def as_stored(self, chunk: Chunk) -> Chunk:
         return Chunk(chunk.id, chunk.text, np.asarray(chunk.vector, dtype=np.float32), chroma_metadata(chunk.metadata))
@@ -274,7 +315,8 @@ class ChromaTarget:
 
     def _entry(self, name: str, chunk_id: str, sent: str, stored: str, *, pending: bool = False) -> dict[str, Any]:
         entry = {"collection": name, "chunk": chunk_id, "sent": sent, "stored": stored, "pending": pending}
-        return entry | ({"source": self.source} if self.source else {})
+        token = self.token(name)
+        return entry | ({"source": token} if token else {})
 
     def finish(self) -> None:
         pass  # Chroma indexes as it goes
@@ -283,16 +325,4 @@ class ChromaTarget:
 def _key(name: str, chunk_id: str) -> str:
     return f"{name}:{chunk_id}"
 
-
-def chroma_identity(client: ClientAPI) -> str | None:
-    """The Chroma database among all stores: its id, made when the database was; None when the server will
-    not say (then no collection is ever taken for deleted from it)."""
-    admin = getattr(client, "_admin_client", None)  # the client's own admin API over the same connection
-    if admin is None:
-        return None
-    try:
-        database = admin.get_database(name=client.database, tenant=client.tenant)
-    except (ChromaError, ValueError):
-        return None
-    return f"chroma:{database['id']}"
 

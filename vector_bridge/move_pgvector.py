@@ -15,7 +15,7 @@ always: a chunk with values beyond the length is refused, never cut.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +41,8 @@ class DimensionUnclear(StoreMoveError):
 class PgvectorTarget:
     engine = "pgvector"
 
-    def __init__(self, store: PgvectorStore, table: Table, source: str | None) -> None:
-        self.store, self.table, self.source = store, table, source
+    def __init__(self, store: PgvectorStore, table: Table, token: Callable[[str], str | None]) -> None:
+        self.store, self.table, self.token = store, table, token
         store.hold_writer_lock()
         store.prepare_moves()
 
@@ -59,11 +59,11 @@ class PgvectorTarget:
         # One transaction writes the row and its record, so what was sent is what is stored.
         return {chunk_id: Record(print_, print_) for chunk_id, print_ in self.store.written(name).items()}
 
-    def moved_collections(self) -> set[str]:
-        return self.store.moved_collections(self.source) if self.source else set()
+    def moved_collections(self) -> dict[str, set[str | None]]:
+        return self.store.moved_collections()
 
     def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        self.store.take_over(name, fingerprints, self.source)
+        self.store.take_over(name, fingerprints, self.token(name))
 
     def forget(self, name: str) -> None:
         self.store.forget(name)
@@ -78,7 +78,7 @@ class PgvectorTarget:
 
     def write(self, name: str, chunks: list[Chunk]) -> None:
         self.store.write(name, [Chunk(c.id, without_nul(c.text), c.vector, without_nul(c.metadata)) for c in chunks],
-                         self.table, self.source)
+                         self.table, self.token(name))
 
     def delete(self, name: str, ids: list[str]) -> None:
         self.store.delete(name, ids)
@@ -105,9 +105,14 @@ class PgvectorSource:
 
     def __init__(self, store: PgvectorStore, dimensions: Dimensions) -> None:
         self.store, self.dimensions = store, dimensions
+        self._identity = store.identity()  # one table holds every collection: one token for all
 
-    def identity(self) -> str | None:
-        return self.store.identity()
+    def token(self, name: str) -> str | None:
+        return self._identity
+
+    def deleted(self, token: str, recorded: set[str]) -> bool:
+        # The same table, and the caller found no row of the collection in it.
+        return token == self._identity
 
     def names(self) -> tuple[list[str], list[str]]:
         # Those whose length was settled; one Open WebUI created since is the next run's (left out, so the

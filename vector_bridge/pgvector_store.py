@@ -224,16 +224,18 @@ class PgvectorStore:
         self._db.commit()
         return dict(rows)
 
-    def moved_collections(self, source: str) -> set[str]:
-        """The collections earlier moves from ``source`` (and from no other store) wrote into."""
+    def moved_collections(self) -> dict[str, set[str | None]]:
+        """The collections earlier moves wrote into, each with the sources its rows came from."""
         if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
             self._db.commit()
-            return set()
-        rows = self._db.execute(f"SELECT collection_name FROM {MOVES} WHERE table_oid = {_TABLE_OID} "
-                                "GROUP BY collection_name HAVING bool_and(source IS NOT DISTINCT FROM %s)",
-                                (source,)).fetchall()
+            return {}
+        rows = self._db.execute(f"SELECT DISTINCT collection_name, source FROM {MOVES} "
+                                f"WHERE table_oid = {_TABLE_OID}").fetchall()
         self._db.commit()
-        return {row[0] for row in rows}
+        found: dict[str, set[str | None]] = {}
+        for collection, source in rows:
+            found.setdefault(collection, set()).add(source)
+        return found
 
     def write(self, collection: str, chunks: list[Chunk], table: Table, source: str | None) -> None:
         """Insert or replace ``chunks`` in one transaction, recorded as a move's from ``source``: all of them
@@ -265,16 +267,18 @@ class PgvectorStore:
                 "table_oid = EXCLUDED.table_oid, source = EXCLUDED.source",
                 [(chunk_id, collection, print_, source) for chunk_id, print_ in prints])
 
-    def identity(self) -> str:
-        """This table among all pgvector stores: the cluster, the database, the table (a schema's own)."""
+    def identity(self) -> str | None:
+        """This table among all pgvector stores: the cluster, the database, the table (a schema's own); None
+        when the cluster cannot be told (two clusters' tables may share a database name and an oid)."""
         row = self._db.execute(f"SELECT current_database(), {_TABLE_OID}").fetchone()
         import psycopg
 
         try:
             with self._db.transaction():
                 cluster = self._db.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
-        except psycopg.Error:  # a role without the right to read it: the database and table still tell stores apart
-            cluster = "?"
+        except psycopg.Error:  # a role without the right to read it
+            self._db.commit()
+            return None
         self._db.commit()
         return f"pgvector:{cluster}/{row[0]}/{row[1]}"
 

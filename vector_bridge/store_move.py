@@ -13,12 +13,18 @@ meanwhile. Rows that are not as a move left them were written by Open WebUI itse
 never changed or deleted, and a chunk a move wrote that has since gone from the target is not brought back
 (its owner deleted it there).
 
-Two states are refused rather than guessed at, each with ``replace`` as the way on: a collection the target
-holds that no move ever wrote (old data from before an earlier switch, say: ``replace`` takes it over, and
-the take-over is recorded before the first write, so a killed run goes on from it), and a collection the
-record says moves wrote that is now empty in the target (its table dropped or emptied, or Open WebUI deleted
-it after the switch: ``replace`` forgets the record and copies it again). ``replace`` changes nothing in a
-collection that holds rows a move wrote. Then every collection is checked: the source's ids are there, and a
+A collection is removed from the target only on proof that its source collection was deleted: the record
+names where each row came from (on Chroma, the source collection's id, which every collection gets at random
+and keeps through renames, so migrate's swaps never look like deletions; on pgvector, the cluster, database
+and table), and that source must still be the one this run reads (on Chroma: it still holds some collection
+moves recorded). A Chroma store made again, or another one, removes nothing.
+
+Two states are refused rather than guessed at: a collection the target holds that no move ever wrote (old
+data from before an earlier switch, say: ``replace`` takes it over, recorded before the first write, so a
+killed run goes on from it; it changes nothing in a collection that holds rows a move wrote), and a
+collection the record says moves wrote that the target now holds none of (its table dropped or emptied, or
+Open WebUI deleted it after the switch: ``copy_again`` names the collections to forget the record of and copy
+anew). Then every collection is checked: the source's ids are there, and a
 random sample compares whole (text, metadata, vector to 1e-6 as the target stores it). Open WebUI reads
 VECTOR_DB when it starts, so the switch is a restart with the environment the report names.
 """
@@ -78,9 +84,12 @@ class Record:
 class Source(Protocol):
     engine: str
 
-    def identity(self) -> str | None:
-        """This store among all others (records name it, so a move from another store never takes this
-        one's collections for deleted); None when it cannot be told."""
+    def token(self, name: str) -> str | None:
+        """Where ``name``'s chunks come from, as the record keeps it; None when it cannot be told."""
+
+    def deleted(self, token: str, recorded: set[str]) -> bool:
+        """Whether the source collection ``token`` names is gone from this very store (``recorded``: every
+        token the target's record holds, from any collection)."""
 
     def names(self) -> tuple[list[str], list[str]]:
         """The collections to move, and those left out on purpose (the tools' own)."""
@@ -105,8 +114,8 @@ class Target(Protocol):
     def as_stored(self, chunk: Chunk) -> Chunk:
         """The chunk as this target will hold it (padding, precision, the metadata values it takes)."""
 
-    def moved_collections(self) -> set[str]:
-        """The collections the record says moves from this run's source (and no other) wrote into."""
+    def moved_collections(self) -> dict[str, set[str | None]]:
+        """The collections the record says moves wrote into, with the source tokens of their rows."""
 
     def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
         """Record the rows there now as the move's, durably, before anything else is written."""
@@ -136,6 +145,7 @@ class MovedCollection:
     verified: int  # chunks compared whole after the copy
     seconds: float
     kept: int = 0  # rows Open WebUI wrote or changed in the target after the switch: left as they are
+    missing: int = 0  # rows moves wrote that are gone from the target (deleted there): not brought back
     dimension: int | None = None  # the vectors' length in the target
 
 
@@ -156,7 +166,8 @@ def fingerprint(chunk: Chunk) -> str:
 
 
 def move(source: Source, target: Target, *, only: list[str] | None = None, replace: bool = False,
-         progress: bool = False, seed: int | None = None, dimensions: dict[str, int] | None = None) -> StoreMove:
+         copy_again: list[str] | None = None, progress: bool = False, seed: int | None = None,
+         dimensions: dict[str, int] | None = None) -> StoreMove:
     names, skipped = source.names()
     if only:
         missing = sorted(set(only) - set(names) - set(skipped))
@@ -166,14 +177,18 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
     report = StoreMove(target=target.engine.lower(), dimension=None, skipped=skipped)
     sampler = random.Random(seed if seed is not None else time.time_ns())
     for name in names:
-        done = _move_one(source, target, name, replace, progress, sampler)
+        done = _move_one(source, target, name, replace, name in (copy_again or []), progress, sampler)
         done.dimension = (dimensions or {}).get(name)
         log.info("collection moved", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
     # Collections deleted from the source since a move wrote them (a knowledge base removed in Open WebUI).
-    for name in sorted(target.moved_collections() - set(names) - set(skipped)):
-        if only and name not in only:
+    moved = target.moved_collections()
+    recorded = {token for tokens in moved.values() for token in tokens if token}
+    for name, tokens in sorted(moved.items()):
+        if name in names or name in skipped or (only and name not in only):
             continue
+        if not all(token and source.deleted(token, recorded) for token in tokens):
+            continue  # from another store, or from before this run's source was made: not ours to judge
         done = _remove_one(target, name)
         log.info("collection removed", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
@@ -195,13 +210,14 @@ def _remove_one(target: Target, name: str) -> MovedCollection:
     for start in range(0, len(gone), METADATA_PAGE):
         target.delete(name, gone[start:start + METADATA_PAGE])
     kept = len(have) - len(gone)
+    missing = sum(1 for chunk_id in wrote if chunk_id not in have)
     target.forget(name)  # what is left (if anything) is Open WebUI's own: no record applies any more
     if not kept:
         target.retire(name)
-    return MovedCollection(name, 0, 0, len(gone), 0, round(time.monotonic() - started, 2), kept)
+    return MovedCollection(name, 0, 0, len(gone), 0, round(time.monotonic() - started, 2), kept, missing)
 
 
-def _move_one(source: Source, target: Target, name: str, replace: bool, progress: bool,
+def _move_one(source: Source, target: Target, name: str, replace: bool, copy_again: bool, progress: bool,
               sampler: random.Random) -> MovedCollection:
     started = time.monotonic()
     ids = source.ids(name)
@@ -216,13 +232,14 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, progress
         target.take_over(name, have)
         wrote = target.written(name)
     elif wrote and not have:
-        if not replace:
+        if not copy_again:
             raise TargetLostChunks(
                 f"{name}: earlier moves wrote {len(wrote)} chunks into this collection and {target.engine} holds "
                 "none of them now (its table dropped or emptied, or Open WebUI deleted it after the switch). If "
                 "Open WebUI already runs on the target and deleted it there, leave it out (--collection names "
-                "the others); otherwise run again with --replace to copy it anew")
+                f"the others); otherwise run again with --copy-again {name}")
         target.forget(name)
+        target.open(name)
         wrote = {}
 
     def ours(chunk_id: str) -> bool:
@@ -233,14 +250,16 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, progress
     kept = sum(1 for chunk_id in have if chunk_id not in wanted and not ours(chunk_id))
     for start in range(0, len(gone), METADATA_PAGE):
         target.delete(name, gone[start:start + METADATA_PAGE])
-    written = 0
+    written = missing = 0
     with tqdm(total=len(ids), unit="chunk", desc=name[:40], disable=not progress) as bar:
         for start in range(0, len(ids), PAGE):
             page = source.read(name, ids[start:start + PAGE])
             changed = []
             for chunk in page:
                 record = wrote.get(chunk.id)
-                if not ours(chunk.id):
+                if chunk.id not in have and record is not None:
+                    missing += 1  # written by a move, deleted in the target since: its owner's doing
+                elif not ours(chunk.id):
                     kept += 1
                 elif (have.get(chunk.id) is None or record is None
                       or record.sent != fingerprint(target.as_stored(chunk))):
@@ -250,7 +269,8 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, progress
                 written += len(changed)
             bar.update(len(page))
     verified = _verify(source, target, name, [i for i in ids if ours(i)], sampler)
-    return MovedCollection(name, len(ids), written, len(gone), verified, round(time.monotonic() - started, 2), kept)
+    return MovedCollection(name, len(ids), written, len(gone), verified, round(time.monotonic() - started, 2), kept,
+                           missing)
 
 
 def _verify(source: Source, target: Target, name: str, ids: list[str], sampler: random.Random) -> int:
@@ -274,7 +294,8 @@ def _verify(source: Source, target: Target, name: str, ids: list[str], sampler: 
 
 
 def move_to_pgvector(client: Any, target: Any, *, dimension: int, only: list[str] | None = None,
-                     replace: bool = False, progress: bool = False, seed: int | None = None) -> StoreMove:
+                     replace: bool = False, copy_again: list[str] | None = None, progress: bool = False,
+                     seed: int | None = None) -> StoreMove:
     """Chroma (``client``) -> pgvector (``target``, a PgvectorStore), the table made for ``dimension``."""
     from vector_bridge.move_chroma import ChromaSource
     from vector_bridge.move_pgvector import PgvectorTarget, TableDoesNotFit
@@ -284,8 +305,8 @@ def move_to_pgvector(client: Any, target: Any, *, dimension: int, only: list[str
         raise TableDoesNotFit(f"the target's table holds {table.dimension}-dimension vectors and the collections "
                               f"hold {dimension}: Open WebUI would pad or cut them. Use an empty database.")
     source = ChromaSource(client)
-    report = move(source, PgvectorTarget(target, table, source.identity()), only=only, replace=replace,
-                  progress=progress, seed=seed)
+    report = move(source, PgvectorTarget(target, table, source.token), only=only, replace=replace,
+                  copy_again=copy_again, progress=progress, seed=seed)
     report.dimension = dimension
     for done in report.collections:
         done.dimension = dimension
@@ -293,7 +314,8 @@ def move_to_pgvector(client: Any, target: Any, *, dimension: int, only: list[str
 
 
 def move_to_chroma(source: Any, client: Any, settings: Any, *, only: list[str] | None = None, replace: bool = False,
-                   progress: bool = False, seed: int | None = None) -> tuple[StoreMove, Any]:
+                   copy_again: list[str] | None = None, progress: bool = False,
+                   seed: int | None = None) -> tuple[StoreMove, Any]:
     """pgvector (``source``, a PgvectorStore) -> the Chroma server ``client`` reaches; vectors in each collection's
     real length (move_pgvector.real_dimensions)."""
     from vector_bridge.move_chroma import ChromaTarget
@@ -302,9 +324,10 @@ def move_to_chroma(source: Any, client: Any, settings: Any, *, only: list[str] |
     table = open_source_table(source)
     source.hold_writer_lock()  # a `migrate` re-embedding it meanwhile would hand over half-moved vectors
     dimensions = real_dimensions(source, table, settings, only)
-    report = move(PgvectorSource(source, dimensions),
-                  ChromaTarget(client, source.identity(), ef_search=settings.chroma_ef_search),
-                  only=only, replace=replace, progress=progress, seed=seed, dimensions=dimensions.by_collection)
+    moving = PgvectorSource(source, dimensions)
+    report = move(moving, ChromaTarget(client, moving.token, ef_search=settings.chroma_ef_search),
+                  only=only, replace=replace, copy_again=copy_again, progress=progress, seed=seed,
+                  dimensions=dimensions.by_collection)
     lengths = set(dimensions.by_collection.values())
     report.dimension = lengths.pop() if len(lengths) == 1 else None
     return report, dimensions
