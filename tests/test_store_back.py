@@ -403,3 +403,31 @@ def test_clear_errors(stores: tuple, settings: Settings, back_port: int) -> None
         process = cli(settings, back_port, "chroma", url=url)
         out, err = process.communicate(timeout=600)
         assert process.returncode == 1 and expected in err and "wrong-secret" not in err, err
+
+
+def test_a_page_of_another_length_is_refused_before_anything_is_deleted(stores: tuple, settings: Settings,
+                                                                         back_port: int) -> None:
+    _, back = stores
+    url = schema_url(settings, "lengths")
+    with PgvectorStore(url) as store:
+        store.create_table(DIM)
+    insert(url, "kb-len", unit_rows("kb-len", 4, DIM, 77))
+    old = back.get_or_create_collection("kb-len", metadata={"hnsw:space": "cosine"})
+    old.add(ids=["kb-len-0", "kb-len-1"], documents=["old", "old"], embeddings=np.eye(256, dtype=np.float32)[:2])
+    process = cli(settings, back_port, "chroma", "--replace", url=url)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 1 and "256-dimension" in err
+    assert back.get_collection("kb-len").count() == 2  # Chroma would refuse the add only after the delete
+
+
+def test_a_move_out_of_pgvector_waits_for_no_other_writer(stores: tuple, settings: Settings, back_port: int) -> None:
+    url = schema_url(settings, "locked")
+    with PgvectorStore(url) as store:
+        store.create_table(DIM)
+    insert(url, "kb-locked", unit_rows("kb-locked", 2, DIM, 78))
+    with PgvectorStore(url) as other:
+        other.hold_writer_lock()  # a migrate or restore at work on the same database
+        process = cli(settings, back_port, "chroma", url=url)
+        out, err = process.communicate(timeout=600)
+    assert process.returncode == 1 and "another vector-bridge command" in err
+    assert by_name(run(settings, back_port, "chroma", url=url))["kb-locked"]["written"] == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -81,27 +82,35 @@ class ChromaSource:
 
     def __init__(self, client: ClientAPI) -> None:
         self.client = client
-        self._tokens: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._lineage = ""  # which earlier moves came from this store (see store_move's docstring)
+        self._known = False  # whether that was proven, rather than begun by this run
 
     def _current(self) -> dict[str, str]:
-        # A collection's id is random and kept through renames: a token no other store has, and that
-        # migrate's swap (NAME -> NAME.pre.M) carries along, so a swap never looks like a deletion.
-        return {collection.name: f"chroma:{collection.id}" for collection in self.client.list_collections()}
+        # A collection's id is random and kept through renames (migrate's swap NAME -> NAME.pre.M carries it).
+        return {collection.name: str(collection.id) for collection in self.client.list_collections()}
+
+    def identify(self, recorded: set[str]) -> None:
+        present = set(self._current().values())
+        lineages = {token.split(":")[1] for token in recorded
+                    if token.startswith("chroma:") and token.count(":") == 2 and token.split(":")[2] in present}
+        self._known = len(lineages) == 1
+        # None or several: a lineage of its own, and nothing recorded before is taken for deleted.
+        self._lineage = lineages.pop() if self._known else uuid.uuid4().hex
 
     def token(self, name: str) -> str | None:
-        if name not in self._tokens:
-            self._tokens[name] = f"chroma:{self.client.get_collection(name).id}"
-        return self._tokens[name]
+        if name not in self._ids:
+            self._ids[name] = str(self.client.get_collection(name).id)
+        return f"chroma:{self._lineage}:{self._ids[name]}"
 
-    def deleted(self, token: str, recorded: set[str]) -> bool:
-        # Gone from this store, which must still hold some collection moves recorded: a Chroma made again
-        # (or another one) holds none, and proves nothing.
-        current = set(self._current().values())
-        return token not in current and bool(current & recorded)
+    def deleted(self, token: str) -> bool:
+        parts = token.split(":")
+        return (self._known and len(parts) == 3 and parts[0] == "chroma" and parts[1] == self._lineage
+                and parts[2] not in set(self._current().values()))
 
     def names(self) -> tuple[list[str], list[str]]:
-        self._tokens = self._current()
-        names = sorted(self._tokens)
+        self._ids = self._current()
+        names = sorted(self._ids)
         # migrate's shadows and kept old vectors are not the live store; the record is the move's own
         return ([n for n in names if not _not_openwebuis(n)],
                 [n for n in names if migration_part(n)])
@@ -143,6 +152,7 @@ class ChromaTarget:
         self._collections: dict[str, Collection] = {}
         self._lengths: dict[str, int] = {}  # each collection's vector length, once known
         self._absent: set[str] = set()  # collections moves wrote that are gone: not made again unasked
+        self._existing: set[str] | None = None
 
     def _collection(self, name: str) -> Collection:
         if name not in self._collections:
@@ -153,9 +163,12 @@ class ChromaTarget:
         if name == MOVES_COLLECTION:
             raise ChromaRefused(f"{name}: the name of this tool's own record on Chroma; rename the collection")
         self._absent.discard(name)
-        if self._entries(name) and name not in {collection.name for collection in self.client.list_collections()}:
+        if self._existing is None:  # once a run: Open WebUI keeps a collection per file, thousands of them
+            self._existing = {collection.name for collection in self.client.list_collections()}
+        if name not in self._existing and self._entries(name):
             self._absent.add(name)  # deleted since moves wrote it: the caller decides (it stays deleted unasked)
             return
+        self._existing.add(name)
         try:
             collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
                                                               embedding_function=None)
@@ -260,6 +273,8 @@ class ChromaTarget:
         if collection.count() == 0:  # what Open WebUI does when it deletes a knowledge base: no collection
             self.client.delete_collection(name)
             self._collections.pop(name, None)
+            if self._existing is not None:
+                self._existing.discard(name)
             self._lengths.pop(name, None)
 
     def as_stored(self, chunk: Chunk) -> Chunk:

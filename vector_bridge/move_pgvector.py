@@ -107,10 +107,13 @@ class PgvectorSource:
         self.store, self.dimensions = store, dimensions
         self._identity = store.identity()  # one table holds every collection: one token for all
 
+    def identify(self, recorded: set[str]) -> None:
+        pass  # the table's identity says it all
+
     def token(self, name: str) -> str | None:
         return self._identity
 
-    def deleted(self, token: str, recorded: set[str]) -> bool:
+    def deleted(self, token: str) -> bool:
         # The same table, and the caller found no row of the collection in it.
         return token == self._identity
 

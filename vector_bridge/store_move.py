@@ -14,10 +14,12 @@ never changed or deleted, and a chunk a move wrote that has since gone from the 
 (its owner deleted it there).
 
 A collection is removed from the target only on proof that its source collection was deleted: the record
-names where each row came from (on Chroma, the source collection's id, which every collection gets at random
-and keeps through renames, so migrate's swaps never look like deletions; on pgvector, the cluster, database
-and table), and that source must still be the one this run reads (on Chroma: it still holds some collection
-moves recorded). A Chroma store made again, or another one, removes nothing.
+names where each row came from. On pgvector that is the cluster, database and table. Chroma has no id of its
+own (every store's database has the same one), so the record names a lineage and the source collection's id,
+which every collection gets at random and keeps through renames (migrate's swaps never look like deletions):
+a run whose source still holds collections of one recorded lineage continues it, any other starts a new one,
+and only collections of the run's own lineage can be found deleted. A Chroma store made again, or another
+one, removes nothing.
 
 Two states are refused rather than guessed at: a collection the target holds that no move ever wrote (old
 data from before an earlier switch, say: ``replace`` takes it over, recorded before the first write, so a
@@ -84,12 +86,14 @@ class Record:
 class Source(Protocol):
     engine: str
 
+    def identify(self, recorded: set[str]) -> None:
+        """Settle which of the tokens earlier moves recorded (from any store) came from this one."""
+
     def token(self, name: str) -> str | None:
         """Where ``name``'s chunks come from, as the record keeps it; None when it cannot be told."""
 
-    def deleted(self, token: str, recorded: set[str]) -> bool:
-        """Whether the source collection ``token`` names is gone from this very store (``recorded``: every
-        token the target's record holds, from any collection)."""
+    def deleted(self, token: str) -> bool:
+        """Whether ``token`` names a collection of this very store that is gone from it."""
 
     def names(self) -> tuple[list[str], list[str]]:
         """The collections to move, and those left out on purpose (the tools' own)."""
@@ -174,7 +178,12 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
         if missing:
             raise NoSuchCollection(f"no such collection in {source.engine}: {', '.join(missing)}")
         names, skipped = [n for n in names if n in only], [n for n in skipped if n in only]
+    if unknown := sorted(set(copy_again or []) - set(names)):
+        raise NoSuchCollection(f"--copy-again: no such collection to move from {source.engine}: {', '.join(unknown)}")
     report = StoreMove(target=target.engine.lower(), dimension=None, skipped=skipped)
+    # Read before this run writes: only what earlier runs recorded proves which store this source is.
+    moved = target.moved_collections()
+    source.identify({token for tokens in moved.values() for token in tokens if token})
     sampler = random.Random(seed if seed is not None else time.time_ns())
     for name in names:
         done = _move_one(source, target, name, replace, name in (copy_again or []), progress, sampler)
@@ -182,12 +191,10 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
         log.info("collection moved", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
     # Collections deleted from the source since a move wrote them (a knowledge base removed in Open WebUI).
-    moved = target.moved_collections()
-    recorded = {token for tokens in moved.values() for token in tokens if token}
     for name, tokens in sorted(moved.items()):
         if name in names or name in skipped or (only and name not in only):
             continue
-        if not all(token and source.deleted(token, recorded) for token in tokens):
+        if not all(token and source.deleted(token) for token in tokens):
             continue  # from another store, or from before this run's source was made: not ours to judge
         done = _remove_one(target, name)
         log.info("collection removed", extra={"to": report.target} | asdict(done))
