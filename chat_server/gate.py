@@ -68,15 +68,15 @@ class SocketSlots:
     then per Open WebUI user, so users behind one reverse proxy do not share one cap."""
 
     def __init__(self, per_key: int, holder: str = "address") -> None:
-        self.per_host = per_key
+        self.cap = per_key
         self.holder = holder
         self._open: dict[str, int] = {}
 
     def take(self, host: str | None) -> None:
         """Count one more socket for ``host``; TooManySockets (nothing counted) when it holds its cap."""
         key = host or "unknown"
-        if self.per_host and self._open.get(key, 0) >= self.per_host:
-            raise TooManySockets(f"Too many chat sockets from this {self.holder}: at most {self.per_host} may be "
+        if self.cap and self._open.get(key, 0) >= self.cap:
+            raise TooManySockets(f"Too many chat sockets from this {self.holder}: at most {self.cap} may be "
                                  "open at once. Close one, then connect again.")
         self._open[key] = self._open.get(key, 0) + 1
 

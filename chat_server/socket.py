@@ -61,7 +61,7 @@ class ChatSocket:
         except TooManySockets as error:
             # Accepted first so the client reads why: a refused handshake shows a browser only "failed".
             log.warning("chat socket refused", extra={"event": "chat_sockets_full", "client": host,
-                                                      "open": slots.held(host), "cap": slots.per_host})
+                                                      "open": slots.held(host), "cap": slots.cap})
             await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER, "too many chat sockets from this address")
             return
         users: SocketSlots = self.app.state.user_sockets
@@ -75,7 +75,7 @@ class ChatSocket:
                 users.take(self.identity)
             except TooManySockets as error:
                 log.warning("chat socket refused", extra={"event": "chat_sockets_full", "per": "user",
-                                                          "cap": users.per_host})
+                                                          "cap": users.cap})
                 await self._close_after(error, status.WS_1013_TRY_AGAIN_LATER, "too many chat sockets for this user")
                 return
             by_user = True

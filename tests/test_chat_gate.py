@@ -74,15 +74,17 @@ def test_uploads_go_one_per_credential_and_a_few_in_all() -> None:
 
 def test_json_routes_take_4_mib_and_uploads_the_request_limit() -> None:
     limit = body_limit(load_settings(models=[]))
-    for path in ("/api/chat", "/v1/chat/completions", "/knowledge-filter/filter/inlet", "/v1/chat/completions/x"):
+    for path in ("/api/chat", "/v1/chat/completions", "/v1/chat/completions/x"):
         assert limit(path) == 4 * 1024 * 1024, path
-    assert limit("/api/documents") == 32 * 1024 * 1024
+    # Uploads, and the filters Open WebUI sends the whole chat to (images inline), take the request limit.
+    for path in ("/api/documents", "/knowledge-filter/filter/inlet", "/knowledge-filter/filter/outlet"):
+        assert limit(path) == 32 * 1024 * 1024, path
     assert body_limit(load_settings(models=[], max_request_bytes=1000))("/api/chat") == 1000  # the lower one wins
     assert body_limit(load_settings(models=[], chat_max_json_bytes=10))("/api/chat") == 10
 
 
 def test_sockets_per_address_are_capped_and_freed() -> None:
-    slots = SocketSlots(per_host=2)
+    slots = SocketSlots(per_key=2)
     slots.take("10.0.0.1")
     slots.take("10.0.0.1")
     with pytest.raises(TooManySockets, match="at most 2"):
@@ -95,6 +97,6 @@ def test_sockets_per_address_are_capped_and_freed() -> None:
         slots.release("10.0.0.1")
     slots.release("10.0.0.2")
     assert slots._open == {}  # nothing kept per address that has gone
-    unlimited = SocketSlots(per_host=0)
+    unlimited = SocketSlots(per_key=0)
     for _ in range(100):
         unlimited.take("10.0.0.1")
