@@ -26,7 +26,6 @@ machine; absolute figures drift on shared machines (the load average at the star
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
 import json
 import os
@@ -525,8 +524,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--api-key", help="for --url, if the server wants one")
     parser.add_argument("--server-env", action="append", default=[], metavar="EMBED_X=VALUE",
                         help="a setting for the server this starts, e.g. EMBED_MAX_BATCH_TOKENS=4096 (repeatable)")
-    parser.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[1],
-                        help="serve each backend with these EMBED_INFERENCE_WORKERS, e.g. 1,2 (default 1)")
     parser.add_argument("--infinity", action="store_true", help="also measure Infinity 0.0.78 (installed once)")
     parser.add_argument("--infinity-venv", type=Path, default=CACHE_DIR / "infinity-0.0.78")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
@@ -582,16 +579,8 @@ def main() -> None:
     if not args.url:  # a running server serves what it serves: only ours are started per backend
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         server_env = dict(item.split("=", 1) for item in args.server_env)
-        served = []
         for figure in figures:
-            for workers in args.workers:
-                # The same in-process figures; served with that many forward passes at once.
-                variant = dataclasses.replace(figure, name=figure.name if workers == 1 else
-                                              f"{figure.name}, {workers} workers")
-                variant.served = measure_backend_server(figure.name, texts, counts, headers,
-                                                        server_env | {"EMBED_INFERENCE_WORKERS": str(workers)})
-                served.append(variant)
-        figures = served
+            figure.served = measure_backend_server(figure.name, texts, counts, headers, server_env)
     raw.again = model.throughput(texts, raw.best_batch_size)
 
     expected = sum(counts[text] for text in texts)

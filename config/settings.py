@@ -155,8 +155,6 @@ class Settings(BaseSettings):
     max_batch_tokens: int | None = Field(default=None, gt=0, description="Padded tokens per forward pass; "
                                          "default 2048 on a CPU, 65536 on a CUDA GPU, 16384 on mps.")
     max_batch_size: int = Field(default=32, gt=0)
-    inference_workers: int = Field(default=1, gt=0, description="Forward passes run at once, each on threads / "
-                                   "workers threads: more workers trade one text's latency for throughput under load.")
     max_queued_texts: int = Field(default=8192, gt=0)
     retry_after_seconds: int = Field(default=2, ge=1)
     cache_size: int = Field(default=50_000, ge=0, description="Embeddings kept in memory; 0 turns the cache off.")

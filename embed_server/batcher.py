@@ -2,8 +2,7 @@
 
 Requests put token-id lists into one bounded pool per model. A single worker picks the
 oldest waiting text and the texts closest to it in length, up to ``max_batch_tokens``
-padded tokens, runs that batch on an inference thread, and repeats, with up to
-``concurrency`` batches in flight at once. Sorting by length
+padded tokens, runs that batch on the inference thread, and repeats. Sorting by length
 keeps padding small (on this CPU, sorted batches run twice as fast as mixed ones);
 starting from the oldest text keeps waiting times fair.
 """
@@ -54,7 +53,6 @@ class LengthSortedBatcher:
         max_batch_size: int,
         max_queued_texts: int,
         retry_after_seconds: int = 2,
-        concurrency: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._backend = backend
@@ -64,8 +62,6 @@ class LengthSortedBatcher:
         self._max_queued_texts = max_queued_texts
         self._retry_after = retry_after_seconds
         self._on_batch = on_batch
-        self._concurrency = concurrency
-        self._running: set[asyncio.Task] = set()
         self._pool: list[_Job] = []  # sorted by (length, order)
         self._arrivals = itertools.count()
         self._wakeup = asyncio.Event()
@@ -88,9 +84,6 @@ class LengthSortedBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        for task in self._running:
-            task.cancel()
-        self._running.clear()
         for job in self._pool:
             job.future.cancel()
         self._pool.clear()
@@ -124,37 +117,29 @@ class LengthSortedBatcher:
         return np.stack(vectors)
 
     async def _run(self) -> None:
-        while True:
-            while self._pool and len(self._running) < self._concurrency:
-                jobs = self._take_batch()
-                if jobs:
-                    self._running.add(asyncio.create_task(self._pass(jobs)))
-            # No await since the pool was read: a request arriving from here on sets the event again.
-            self._wakeup.clear()
-            arrival = asyncio.create_task(self._wakeup.wait())
-            try:
-                done, _ = await asyncio.wait({*self._running, arrival}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                arrival.cancel()
-            self._running -= done
-
-    async def _pass(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            vectors = await loop.run_in_executor(self._executor, self._backend.encode, [j.ids for j in jobs])
-        except Exception as error:  # a bad batch fails its requests, not the worker
-            log.exception("batch failed", extra={"batch_size": len(jobs)})
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(error)
-            return
-        for job, vector in zip(jobs, vectors):
-            if not job.future.done():
-                job.future.set_result(vector)
-        if self._on_batch:
-            width = max(j.length for j in jobs)
-            self._on_batch(BatchStats(len(jobs), width * len(jobs), sum(j.length for j in jobs), loop.time() - started))
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pool:
+                jobs = self._take_batch()
+                if not jobs:
+                    continue
+                started = loop.time()
+                try:
+                    vectors = await loop.run_in_executor(self._executor, self._backend.encode, [j.ids for j in jobs])
+                except Exception as error:  # a bad batch fails its requests, not the worker
+                    log.exception("batch failed", extra={"batch_size": len(jobs)})
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    continue
+                for job, vector in zip(jobs, vectors):
+                    if not job.future.done():
+                        job.future.set_result(vector)
+                if self._on_batch:
+                    width = max(j.length for j in jobs)
+                    self._on_batch(BatchStats(len(jobs), width * len(jobs), sum(j.length for j in jobs), loop.time() - started))
 
     def _take_batch(self) -> list[_Job]:
         """Remove and return the oldest job with its nearest neighbours in length."""

@@ -37,9 +37,7 @@ class ModelRegistry:
         self.specs = settings.models
         # One inference thread for all models: they share the same cores, and torch
         # parallelises each forward pass itself (settings.threads).
-        self.executor = ThreadPoolExecutor(max_workers=settings.inference_workers, thread_name_prefix="inference")
-        # Each pass gets its share of the cores: passes at once never ask for more threads than there are.
-        self.pass_threads = max(1, settings.threads // settings.inference_workers)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._embedders: dict[str, Embedder | HybridEmbedder] = {}
         self._rerankers: dict[str, CrossEncoderReranker | EmbeddingReranker] = {}
         self._batchers: list[LengthSortedBatcher] = []
@@ -112,8 +110,8 @@ class ModelRegistry:
             # Imported here: onnxruntime is an optional extra, needed only by the models that ask for it.
             from embed_server.backends.onnx import OnnxBackend
 
-            return OnnxBackend(spec, self.pass_threads, self.settings.cache_dir, placement)
-        return TransformerBackend(spec, self.pass_threads, placement)
+            return OnnxBackend(spec, self.settings.threads, self.settings.cache_dir, placement)
+        return TransformerBackend(spec, self.settings.threads, placement)
 
     def _batcher(self, spec: ModelSpec, backend: EmbeddingBackend | CrossEncoderBackend) -> LengthSortedBatcher:
         s = self.settings
@@ -123,7 +121,6 @@ class ModelRegistry:
             max_batch_tokens=self.placements[spec.id].max_batch_tokens,
             max_batch_size=s.max_batch_size,
             max_queued_texts=s.max_queued_texts,
-            concurrency=s.inference_workers,
             retry_after_seconds=s.retry_after_seconds,
             on_batch=self.metrics.batch_observer(spec.id),
         )

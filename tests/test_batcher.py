@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,7 +33,7 @@ def run(coro):
 async def _with_batcher(backend, body, **limits):
     options = {"max_batch_tokens": 64, "max_batch_size": 4, "max_queued_texts": 100} | limits
     stats: list[BatchStats] = []
-    with ThreadPoolExecutor(options.get("concurrency", 1)) as executor:
+    with ThreadPoolExecutor(1) as executor:
         batcher = LengthSortedBatcher(backend, executor, on_batch=stats.append, **options)
         batcher.start()
         try:
@@ -138,34 +136,3 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
 
     vectors, _ = run(_with_batcher(FailsOnLongTexts(), body))
     assert vectors.tolist() == [[6.0]]
-
-
-class OverlapBackend(RecordingBackend):
-    """Records how many passes run at once; each pass waits a little, as a forward pass takes time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = self.most = 0
-        self.lock = threading.Lock()
-
-    def encode(self, batch: list[list[int]]) -> np.ndarray:
-        with self.lock:
-            self.now += 1
-            self.most = max(self.most, self.now)
-        time.sleep(0.05)
-        with self.lock:
-            self.now -= 1
-        return super().encode(batch)
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_passes_run_at_most_concurrency_at_once_and_every_text_gets_its_vector(workers: int) -> None:
-    backend = OverlapBackend()
-    texts = [[i] * (1 + i % 5) for i in range(24)]
-
-    async def body(batcher):
-        return await asyncio.gather(*(batcher.embed([ids]) for ids in texts))
-
-    vectors, stats = run(_with_batcher(backend, body, max_batch_tokens=16, max_batch_size=4, concurrency=workers))
-    assert [float(v[0, 0]) for v in vectors] == [float(sum(ids)) for ids in texts]
-    assert backend.most == workers and len(stats) == len(backend.batches) >= 24 / 4
