@@ -77,6 +77,14 @@ def schema_url(settings: Settings, schema: str, *, public: bool = True) -> str:
     return f"{pgvector_url(settings)}?options={quote(f'-csearch_path={path}', safe='')}"
 
 
+def source_schema(settings: Settings, schema: str) -> str:
+    """A pgvector store of its own (a schema with Open WebUI's table for DIM-length vectors): its URL."""
+    url = schema_url(settings, schema)
+    with PgvectorStore(url) as store:
+        store.create_table(DIM)
+    return url
+
+
 def cli(settings: Settings, chroma_port: int, to_store: str, *args: str, url: str | None = None,
         **popen: object) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")} | {
@@ -251,9 +259,7 @@ def test_padding_is_removed_to_each_models_length_and_halfvec_compares_as_stored
 
 def test_a_run_killed_midway_is_finished_by_the_next(stores: tuple, settings: Settings, back_port: int) -> None:
     _, back = stores
-    url = schema_url(settings, "big")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "big")
     rows = unit_rows("big", 6000, DIM, 50)
     insert(url, "big", rows)
     process = cli(settings, back_port, "chroma", url=url, start_new_session=True)
@@ -281,9 +287,7 @@ def test_a_page_cut_between_its_steps_is_taken_over_by_the_next_run(stores: tupl
     """What a kill leaves between the three steps of a page, made on purpose: its record entries pending, one
     chunk deleted and not yet added again, another still old while the source changed."""
     _, back = stores
-    url = schema_url(settings, "cut")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "cut")
     rows = unit_rows("kb-cut", 20, DIM, 70)
     insert(url, "kb-cut", rows)
     assert by_name(run(settings, back_port, "chroma", url=url))["kb-cut"]["written"] == 20
@@ -303,9 +307,7 @@ def test_a_page_cut_between_its_steps_is_taken_over_by_the_next_run(stores: tupl
 def test_a_collection_no_move_wrote_is_refused_unless_replaced(stores: tuple, settings: Settings,
                                                               back_port: int) -> None:
     _, back = stores
-    url = schema_url(settings, "stale")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "stale")
     rows = unit_rows("kb-stale", 10, DIM, 60)
     insert(url, "kb-stale", rows)
     old = back.get_or_create_collection("kb-stale", metadata={"hnsw:space": "cosine"})
@@ -339,9 +341,7 @@ def test_a_take_over_cut_between_its_pages_is_finished_by_the_next_run(stores: t
     """What a kill leaves in a --replace run on Chroma, whose take-over records pages of 1,000 rows: its marker,
     and the entries of the first page only. The next run, without --replace, finishes it."""
     _, back = stores
-    url = schema_url(settings, "taken")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "taken")
     rows = unit_rows("kb-taken", 1200, DIM, 75)
     insert(url, "kb-taken", rows)
     old = back.get_or_create_collection("kb-taken", metadata={"hnsw:space": "cosine"})
@@ -365,15 +365,11 @@ def test_a_take_over_cut_between_its_pages_is_finished_by_the_next_run(stores: t
 def test_a_collection_deleted_from_pgvector_goes_from_chroma_and_only_a_move_from_there_deletes_it(
         stores: tuple, settings: Settings, back_port: int) -> None:
     _, back = stores
-    url = schema_url(settings, "gone")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "gone")
     for seed, name in enumerate(["kb-gone", "kb-gone-edited", "kb-stays"]):
         insert(url, name, unit_rows(name, 5, DIM, 80 + seed))
     run(settings, back_port, "chroma", url=url)
-    other = schema_url(settings, "other")  # another pgvector store moved into the same Chroma
-    with PgvectorStore(other) as store:
-        store.create_table(DIM)
+    other = source_schema(settings, "other")  # another pgvector store moved into the same Chroma
     insert(other, "kb-elsewhere", unit_rows("kb-elsewhere", 3, DIM, 90))
     assert set(by_name(run(settings, back_port, "chroma", url=other))) == {"kb-elsewhere"}
 
@@ -408,9 +404,7 @@ def test_clear_errors(stores: tuple, settings: Settings, back_port: int) -> None
 def test_a_page_of_another_length_is_refused_before_anything_is_deleted(stores: tuple, settings: Settings,
                                                                          back_port: int) -> None:
     _, back = stores
-    url = schema_url(settings, "lengths")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "lengths")
     insert(url, "kb-len", unit_rows("kb-len", 4, DIM, 77))
     old = back.get_or_create_collection("kb-len", metadata={"hnsw:space": "cosine"})
     old.add(ids=["kb-len-0", "kb-len-1"], documents=["old", "old"], embeddings=np.eye(256, dtype=np.float32)[:2])
@@ -421,9 +415,7 @@ def test_a_page_of_another_length_is_refused_before_anything_is_deleted(stores: 
 
 
 def test_a_move_out_of_pgvector_waits_for_no_other_writer(stores: tuple, settings: Settings, back_port: int) -> None:
-    url = schema_url(settings, "locked")
-    with PgvectorStore(url) as store:
-        store.create_table(DIM)
+    url = source_schema(settings, "locked")
     insert(url, "kb-locked", unit_rows("kb-locked", 2, DIM, 78))
     with PgvectorStore(url) as other:
         other.hold_writer_lock()  # a migrate or restore at work on the same database
