@@ -356,7 +356,8 @@ class Settings(BaseSettings):
         # deploy/k8s/secret.example.yaml's placeholders ("change-me-...") are public: a server started with one
         # would be open to anyone who read the example.
         secrets = {"an API key": self.api_keys, "an admin key": self.admin_keys,
-                   "the Redis cache key": [self.redis_cache_key] if self.redis_cache_key else []}
+                   "the Redis cache key": [self.redis_cache_key] if self.redis_cache_key else [],
+                   "the Chroma token": [self.chroma_token] if self.chroma_token else []}
         for what, values in secrets.items():
             if any(value.get_secret_value().strip().lower().startswith(EXAMPLE_SECRET) for value in values):
                 raise ValueError(f"{what} is still the example's placeholder ({EXAMPLE_SECRET}...): set a value of "

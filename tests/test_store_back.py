@@ -348,14 +348,16 @@ def test_a_take_over_cut_between_its_pages_is_finished_by_the_next_run(stores: t
     for start in range(0, 1200, 400):
         old.add(ids=[r[0] for r in rows[start:start + 400]], documents=["old text"] * 400,
                 embeddings=np.stack([r[3] for r in rows[start:start + 400]]))
-    prints = ChromaTarget(back, lambda name: None).fingerprints("kb-taken")  # the rows as Chroma holds them
+    prints = ChromaTarget(back, "").fingerprints("kb-taken")  # the rows as Chroma holds them
+    with PgvectorStore(url) as store:
+        source = store.identity()  # what the killed run wrote in each entry
     record = back.get_collection(MOVES_COLLECTION)
     record.upsert(ids=["kb-taken:"], embeddings=[[1.0]], metadatas=[{"collection": "kb-taken", "chunk": "",
                                                                      "take_over": True}])
     first = rows[:1000]
     record.upsert(ids=[f"kb-taken:{r[0]}" for r in first], embeddings=[[1.0]] * len(first),
                   metadatas=[{"collection": "kb-taken", "chunk": r[0], "sent": "", "stored": prints[r[0]],
-                              "pending": False} for r in first])
+                              "pending": False, "source": source} for r in first])
     report = by_name(run(settings, back_port, "chroma", url=url))["kb-taken"]
     assert report["written"] == 1200 and report["kept"] == 0
     assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "kb-taken"))

@@ -25,6 +25,7 @@ from tests.servers import REPO, free_port
 from vector_bridge.pgvector_store import Chunk, PgvectorStore, vector_literal
 from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.stack import chroma_service
+from vector_bridge.store import TOOL_COLLECTIONS
 
 pytestmark = pytest.mark.slow
 DIM = 384
@@ -251,7 +252,7 @@ def test_a_collection_deleted_in_chroma_goes_from_pgvector_but_not_what_open_web
 def test_another_chroma_store_moved_into_the_same_pgvector_removes_nothing(stores: chromadb.ClientAPI,
                                                                            settings: Settings) -> None:
     """A Chroma store made again (or another one) has the same database id as every Chroma: what it lacks is no
-    proof that anything was deleted."""
+    proof that anything was deleted, in a collection of the same name either."""
     fill(stores, "kb-first", 10, 95)
     move(settings)
     other = settings.model_copy(update={"chroma_port": free_port(), "chroma_path": settings.chroma_path.with_name("c2"),
@@ -260,17 +261,36 @@ def test_another_chroma_store_moved_into_the_same_pgvector_removes_nothing(store
     service.spawn()
     try:
         service.wait_ready()
-        fill(chromadb.HttpClient(host="127.0.0.1", port=other.chroma_port), "kb-second", 5, 96)
+        second = chromadb.HttpClient(host="127.0.0.1", port=other.chroma_port)
+        fill(second, "kb-second", 5, 96)
+        fill(second, "kb-first", 1, 97, start=100)  # Open WebUI writing into the same knowledge base there
         process = cli(other, "--json")
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
-        assert {c["collection"]: c["removed"] for c in json.loads(out)["collections"]} == {"kb-second": 0}
+        report = {c["collection"]: c for c in json.loads(out)["collections"]}
+        assert set(report) == {"kb-second", "kb-first"}
+        assert (report["kb-first"]["written"], report["kb-first"]["removed"], report["kb-first"]["kept"]) == (1, 0, 10)
     finally:
         service.stop()
     with PgvectorStore(pgvector_url(settings)) as target:
         collections = target.collections()
-    assert collections["kb-first"] == 10 and collections["kb-second"] == 5
+    assert collections["kb-first"] == 11 and collections["kb-second"] == 5
     assert "kb-second" not in {c["collection"] for c in move(settings)["collections"]}  # nor the first, back
+
+
+def test_a_migrate_swap_cut_between_its_renames_removes_nothing(stores: chromadb.ClientAPI,
+                                                                 settings: Settings) -> None:
+    fill(stores, "kb-swap", 8, 98)
+    move(settings)
+    # What a migrate killed between its two renames leaves: the old vectors aside, the new not yet in place.
+    stores.get_collection("kb-swap").modify(name="kb-swap.pre.other-model")
+    fill(stores, "kb-swap.to.other-model", 8, 99)
+    report = move(settings)
+    assert "kb-swap" not in {c["collection"] for c in report["collections"]}
+    with PgvectorStore(pgvector_url(settings)) as target:
+        assert target.collections()["kb-swap"] == 8
+    stores.get_collection("kb-swap.pre.other-model").modify(name="kb-swap")  # as the next migrate run does
+    stores.delete_collection("kb-swap.to.other-model")
 
 
 def test_an_emptied_collection_is_refused_until_replaced_and_a_table_made_again_starts_afresh(
@@ -294,7 +314,7 @@ def test_an_emptied_collection_is_refused_until_replaced_and_a_table_made_again_
     # The table dropped and made again: what moves wrote into the old one is no record of the new.
     with psycopg.connect(pgvector_url(settings)) as connection:
         connection.execute("DROP TABLE document_chunk")
-    live = sorted(c.name for c in stores.list_collections() if "." not in c.name)
+    live = sorted(c.name for c in stores.list_collections() if "." not in c.name and c.name not in TOOL_COLLECTIONS)
     report = {c["collection"]: c["written"] for c in move(settings)["collections"]}
     assert report == {name: stores.get_collection(name).count() for name in live}
     assert_identical(stores, settings, [name for name in live if name != "kb-switch"])  # its NUL: dropped

@@ -22,7 +22,7 @@ from vector_bridge.openwebui_env import (HALFVEC_MAX_INDEXED, PGVECTOR_MAX_INDEX
 from vector_bridge.owners import Owners, openwebui_kind, read_owners
 from vector_bridge.pgvector_store import TABLE, PgvectorStore, Table, VectorIndex
 from vector_bridge.restore import restore_part
-from vector_bridge.store import MOVES_COLLECTION, CollectionInfo, connect, describe_all
+from vector_bridge.store import MOVES_COLLECTION, STORE_COLLECTION, CollectionInfo, connect, describe_all
 
 Severity = Literal["error", "warning", "info"]
 # Rows per list an ivfflat index needs when it is built (Open WebUI waits for 50 x lists before it builds one).
@@ -190,6 +190,9 @@ def _collection_findings(info: CollectionInfo, expected: Expected, owners: Owner
         return [Finding("warning", f"{name}: {what} for {original} by a restore that did not finish "
                                    f"({info.count} chunks)", "run the same vector-bridge restore again: it "
                                    "finishes the swap or puts the old data back", name)]
+    if name == STORE_COLLECTION:
+        return [Finding("info", f"{name}: this store's id as a source of vector-bridge migrate --to-store (in its "
+                                "metadata, no chunks)", "keep it: the records of moves out of this store name it", name)]
     if name == MOVES_COLLECTION:
         return [Finding("info", f"{name}: the record of the {info.count} chunks vector-bridge migrate --to-store "
                                 "chroma wrote; later moves read it so they never undo what Open WebUI wrote after "

@@ -32,7 +32,7 @@ from chromadb.api import ClientAPI
 from vector_bridge.cutover import Cutover, Swap, absorb_intruder, swap_all
 from vector_bridge.embeddings import EmbeddingsClient
 from vector_bridge.shadow import copy_chunks, fingerprints, recorded_model, sync_copy
-from vector_bridge.store import MOVES_COLLECTION, describe
+from vector_bridge.store import TOOL_COLLECTIONS, describe
 
 Outcome = Literal["migrated", "already", "skipped", "rolled back"]
 MIGRATION_PART = re.compile(r"(?P<name>.+)\.(?P<part>to|pre)\.(?P<model>[a-zA-Z0-9._-]+)")
@@ -104,7 +104,7 @@ def plan(client: ClientAPI, model: str, only: list[str] | None, default_model: s
         return only
     pending = []
     for name in sorted(names):
-        if migration_part(name) or name == MOVES_COLLECTION:  # the tools' own collections are never migrated
+        if migration_part(name) or name in TOOL_COLLECTIONS:  # the tools' own collections are never migrated
             continue
         if backup_name(name, model) in names:
             continue  # migrated already, its old vectors kept; chunks that raced a cutover: settle_stale

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from chromadb.errors import ChromaError
 from vector_bridge.migrate import migration_part
 from vector_bridge.pgvector_store import Chunk
 from vector_bridge.shadow import all_ids
-from vector_bridge.store import METADATA_PAGE, MOVES_COLLECTION
+from vector_bridge.store import METADATA_PAGE, MOVES_COLLECTION, STORE_COLLECTION, TOOL_COLLECTIONS
 from vector_bridge.store_move import PAGE, Record, StoreMoveError, fingerprint
 
 # Open WebUI's collection settings (open_webui/retrieval/vector/dbs/chroma.py, insert and upsert).
@@ -74,7 +73,22 @@ def vector_length(client: ClientAPI, only: list[str] | None = None) -> int:
 
 
 def _not_openwebuis(name: str) -> bool:
-    return bool(migration_part(name)) or name == MOVES_COLLECTION
+    return bool(migration_part(name)) or name in TOOL_COLLECTIONS
+
+
+def store_id(client: ClientAPI) -> str:
+    """This Chroma store's own id, kept in the metadata of a collection of ours (made on first use): every
+    Chroma database has the same id, so nothing else tells one store from another, or from one made again."""
+    collection = client.get_or_create_collection(
+        STORE_COLLECTION, metadata={"vector_bridge": "this store's id as a source of migrate --to-store"},
+        embedding_function=None)
+    found = (collection.metadata or {}).get("store_id")
+    if not found:
+        found = uuid.uuid4().hex
+        collection.modify(metadata={**(collection.metadata or {}), "store_id": found})
+        # Two first runs at once would each write one: the one Chroma kept is the id from now on.
+        found = client.get_collection(STORE_COLLECTION).metadata["store_id"]
+    return str(found)
 
 
 class ChromaSource:
@@ -82,35 +96,14 @@ class ChromaSource:
 
     def __init__(self, client: ClientAPI) -> None:
         self.client = client
-        self._ids: dict[str, str] = {}
-        self._lineage = ""  # which earlier moves came from this store (see store_move's docstring)
-        self._known = False  # whether that was proven, rather than begun by this run
+        self.token = f"chroma:{store_id(client)}"
+        self._names: list[str] = []
 
-    def _current(self) -> dict[str, str]:
-        # A collection's id is random and kept through renames (migrate's swap NAME -> NAME.pre.M carries it).
-        return {collection.name: str(collection.id) for collection in self.client.list_collections()}
-
-    def identify(self, recorded: set[str]) -> None:
-        present = set(self._current().values())
-        lineages = {token.split(":")[1] for token in recorded
-                    if token.startswith("chroma:") and token.count(":") == 2 and token.split(":")[2] in present}
-        self._known = len(lineages) == 1
-        # None or several: a lineage of its own, and nothing recorded before is taken for deleted.
-        self._lineage = lineages.pop() if self._known else uuid.uuid4().hex
-
-    def token(self, name: str) -> str | None:
-        if name not in self._ids:
-            self._ids[name] = str(self.client.get_collection(name).id)
-        return f"chroma:{self._lineage}:{self._ids[name]}"
-
-    def deleted(self, token: str) -> bool:
-        parts = token.split(":")
-        return (self._known and len(parts) == 3 and parts[0] == "chroma" and parts[1] == self._lineage
-                and parts[2] not in set(self._current().values()))
+    def migrating(self, name: str) -> bool:
+        return any((part := migration_part(other)) and part[1] == name for other in self._names)
 
     def names(self) -> tuple[list[str], list[str]]:
-        self._ids = self._current()
-        names = sorted(self._ids)
+        names = self._names = sorted(collection.name for collection in self.client.list_collections())
         # migrate's shadows and kept old vectors are not the live store; the record is the move's own
         return ([n for n in names if not _not_openwebuis(n)],
                 [n for n in names if migration_part(n)])
@@ -144,7 +137,7 @@ def chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 class ChromaTarget:
     engine = "Chroma"
 
-    def __init__(self, client: ClientAPI, token: Callable[[str], str | None], *, ef_search: int = 0) -> None:
+    def __init__(self, client: ClientAPI, token: str, *, ef_search: int = 0) -> None:
         self.client, self.token, self.ef_search = client, token, ef_search
         self._record = client.get_or_create_collection(
             MOVES_COLLECTION, metadata={"vector_bridge": "chunks vector-bridge migrate --to-store chroma wrote"},
@@ -160,14 +153,16 @@ class ChromaTarget:
         return self._collections[name]
 
     def open(self, name: str) -> None:
-        if name == MOVES_COLLECTION:
-            raise ChromaRefused(f"{name}: the name of this tool's own record on Chroma; rename the collection")
+        if name in TOOL_COLLECTIONS:
+            raise ChromaRefused(f"{name}: the name of one of this tool's own collections on Chroma; rename it")
         self._absent.discard(name)
         if self._existing is None:  # once a run: Open WebUI keeps a collection per file, thousands of them
             self._existing = {collection.name for collection in self.client.list_collections()}
-        if name not in self._existing and self._entries(name):
-            self._absent.add(name)  # deleted since moves wrote it: the caller decides (it stays deleted unasked)
-            return
+        if name not in self._existing:
+            if self.written(name):
+                self._absent.add(name)  # deleted since moves wrote it: the caller decides (it stays deleted unasked)
+                return
+            self.forget(name)  # only what a killed run left (pending entries, a take-over's marker): nothing to keep
         self._existing.add(name)
         try:
             collection = self.client.get_or_create_collection(name, metadata=OPENWEBUI_COLLECTION_METADATA,
@@ -232,8 +227,8 @@ class ChromaTarget:
         return found
 
     def written(self, name: str) -> dict[str, Record]:
-        return {entry["chunk"]: Record(entry["sent"], entry["stored"]) for _, entry in self._entries(name)
-                if not entry.get("pending") and not entry.get("take_over")}
+        return {entry["chunk"]: Record(entry["sent"], entry["stored"], entry.get("source"))
+                for _, entry in self._entries(name) if not entry.get("pending") and not entry.get("take_over")}
 
     def moved_collections(self) -> dict[str, set[str | None]]:
         found: dict[str, set[str | None]] = {}
@@ -329,9 +324,8 @@ class ChromaTarget:
         return _read(self._collection(name), ids)
 
     def _entry(self, name: str, chunk_id: str, sent: str, stored: str, *, pending: bool = False) -> dict[str, Any]:
-        entry = {"collection": name, "chunk": chunk_id, "sent": sent, "stored": stored, "pending": pending}
-        token = self.token(name)
-        return entry | ({"source": token} if token else {})
+        return {"collection": name, "chunk": chunk_id, "sent": sent, "stored": stored, "pending": pending,
+                "source": self.token}
 
     def finish(self) -> None:
         pass  # Chroma indexes as it goes

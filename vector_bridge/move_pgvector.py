@@ -15,14 +15,14 @@ always: a chunk with values beyond the length is refused, never cut.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from config import Settings
 from vector_bridge.pgvector_store import Chunk, PgvectorStore, Table, as_stored, without_nul
-from vector_bridge.store import MOVES_COLLECTION, parse_embedding_config
+from vector_bridge.store import TOOL_COLLECTIONS, parse_embedding_config
 from vector_bridge.store_move import Record, StoreMoveError
 
 
@@ -41,7 +41,7 @@ class DimensionUnclear(StoreMoveError):
 class PgvectorTarget:
     engine = "pgvector"
 
-    def __init__(self, store: PgvectorStore, table: Table, token: Callable[[str], str | None]) -> None:
+    def __init__(self, store: PgvectorStore, table: Table, token: str) -> None:
         self.store, self.table, self.token = store, table, token
         store.hold_writer_lock()
         store.prepare_moves()
@@ -57,13 +57,14 @@ class PgvectorTarget:
 
     def written(self, name: str) -> dict[str, Record]:
         # One transaction writes the row and its record, so what was sent is what is stored.
-        return {chunk_id: Record(print_, print_) for chunk_id, print_ in self.store.written(name).items()}
+        return {chunk_id: Record(print_, print_, source)
+                for chunk_id, (print_, source) in self.store.written(name).items()}
 
     def moved_collections(self) -> dict[str, set[str | None]]:
         return self.store.moved_collections()
 
     def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        self.store.take_over(name, fingerprints, self.token(name))
+        self.store.take_over(name, fingerprints, self.token)
 
     def forget(self, name: str) -> None:
         self.store.forget(name)
@@ -78,7 +79,7 @@ class PgvectorTarget:
 
     def write(self, name: str, chunks: list[Chunk]) -> None:
         self.store.write(name, [Chunk(c.id, without_nul(c.text), c.vector, without_nul(c.metadata)) for c in chunks],
-                         self.table, self.token(name))
+                         self.table, self.token)
 
     def delete(self, name: str, ids: list[str]) -> None:
         self.store.delete(name, ids)
@@ -105,25 +106,18 @@ class PgvectorSource:
 
     def __init__(self, store: PgvectorStore, dimensions: Dimensions) -> None:
         self.store, self.dimensions = store, dimensions
-        self._identity = store.identity()  # one table holds every collection: one token for all
+        self.token = store.identity()
 
-    def identify(self, recorded: set[str]) -> None:
-        pass  # the table's identity says it all
-
-    def token(self, name: str) -> str | None:
-        return self._identity
-
-    def deleted(self, token: str) -> bool:
-        # The same table, and the caller found no row of the collection in it.
-        return token == self._identity
+    def migrating(self, name: str) -> bool:
+        return False  # migrate on pgvector keeps every collection under its name
 
     def names(self) -> tuple[list[str], list[str]]:
         # Those whose length was settled; one Open WebUI created since is the next run's (left out, so the
         # move never takes it for deleted).
-        # The name of the Chroma side's record is never Open WebUI's: a collection so named stays behind.
+        # The names of the tools' own Chroma collections are never Open WebUI's: collections so named stay behind.
         names = sorted(self.store.collections())
-        return ([n for n in names if n in self.dimensions.by_collection and n != MOVES_COLLECTION],
-                [n for n in names if n not in self.dimensions.by_collection or n == MOVES_COLLECTION])
+        return ([n for n in names if n in self.dimensions.by_collection and n not in TOOL_COLLECTIONS],
+                [n for n in names if n not in self.dimensions.by_collection or n in TOOL_COLLECTIONS])
 
     def ids(self, name: str) -> list[str]:
         return self.store.ids(name)

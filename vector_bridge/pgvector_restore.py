@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vector_bridge.backup_file import PAGE, BackupError, CollectionHeader, Summary, decode_vector, read_contents, records
 from vector_bridge.pgvector_store import TABLE, Chunk, PgvectorClient, PgvectorStore, Table
-from vector_bridge.store import MOVES_COLLECTION
+from vector_bridge.store import TOOL_COLLECTIONS
 
 
 def restore_into_pgvector(client: PgvectorClient, path: Path, *, replace: bool = False,
@@ -27,8 +27,8 @@ def restore_into_pgvector(client: PgvectorClient, path: Path, *, replace: bool =
     """Every collection of the backup; existing non-empty ones are kept unless ``replace``."""
     started = time.perf_counter()
     contents = read_contents(path)  # a damaged file is refused before anything is written
-    # An older backup of Chroma may hold the record of a move into Chroma: it describes that store's rows.
-    contents = [header for header in contents if header.name != MOVES_COLLECTION]
+    # A backup of Chroma may hold the tools' own collections: they describe that store, not Open WebUI's data.
+    contents = [header for header in contents if header.name not in TOOL_COLLECTIONS]
     store = client.store
     store.hold_writer_lock()
     existing = store.collections() if client.table else {}
@@ -79,7 +79,7 @@ def _create_table(client: PgvectorClient, path: Path) -> Table:
     first, current = None, None
     for record in records(path):
         current = record.get("collection", current)
-        if "embedding" in record and current != MOVES_COLLECTION:
+        if "embedding" in record and current not in TOOL_COLLECTIONS:
             first = record
             break
     if first is None:

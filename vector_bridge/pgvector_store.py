@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ TABLE = "document_chunk"
 # changes or deletes only rows still as it wrote them, so once Open WebUI runs on pgvector nothing of its own
 # is undone. Records of a table since dropped and made again describe rows that are gone: the oid tells them.
 MOVES = "vector_bridge_moved_chunk"
+STORE_ID = "vector_bridge_store"  # this database's id as a source of moves (one row)
 _TABLE_OID = f"to_regclass('{TABLE}')::oid"
 # The names Open WebUI gives its indexes: it creates them only where they do not exist yet.
 VECTOR_INDEX = "idx_document_chunk_vector"
@@ -142,6 +144,8 @@ class PgvectorStore:
             # Records from before the oid was kept are about the table there is now: moves ran on it since.
             self._db.execute(f"ALTER TABLE {MOVES} ADD COLUMN IF NOT EXISTS table_oid oid")
             self._db.execute(f"ALTER TABLE {MOVES} ADD COLUMN IF NOT EXISTS source text")
+            # Thousands of collections (Open WebUI keeps one per file): each run reads the record by collection.
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {MOVES}_collection ON {MOVES} (collection_name)")
             self._db.execute(f"UPDATE {MOVES} SET table_oid = {_TABLE_OID} WHERE table_oid IS NULL")
             stale = self._db.execute(f"DELETE FROM {MOVES} WHERE table_oid IS DISTINCT FROM {_TABLE_OID}").rowcount
         if stale:
@@ -214,15 +218,16 @@ class PgvectorStore:
                 found[chunk_id] = chunk_fingerprint(text, metadata, parse_vector(vector))
         return found
 
-    def written(self, collection: str) -> dict[str, str]:
-        """What earlier moves wrote into this collection of this very table: id -> the fingerprint written."""
+    def written(self, collection: str) -> dict[str, tuple[str, str | None]]:
+        """What earlier moves wrote into this collection of this very table: id -> (the fingerprint written,
+        the store it came from)."""
         if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
             self._db.commit()
             return {}
-        rows = self._db.execute(f"SELECT id, fingerprint FROM {MOVES} WHERE collection_name = %s "
+        rows = self._db.execute(f"SELECT id, fingerprint, source FROM {MOVES} WHERE collection_name = %s "
                                 f"AND table_oid = {_TABLE_OID}", (collection,)).fetchall()
         self._db.commit()
-        return dict(rows)
+        return {chunk_id: (print_, source) for chunk_id, print_, source in rows}
 
     def moved_collections(self) -> dict[str, set[str | None]]:
         """The collections earlier moves wrote into, each with the sources its rows came from."""
@@ -267,20 +272,17 @@ class PgvectorStore:
                 "table_oid = EXCLUDED.table_oid, source = EXCLUDED.source",
                 [(chunk_id, collection, print_, source) for chunk_id, print_ in prints])
 
-    def identity(self) -> str | None:
-        """This table among all pgvector stores: the cluster, the database, the table (a schema's own); None
-        when the cluster cannot be told (two clusters' tables may share a database name and an oid)."""
-        row = self._db.execute(f"SELECT current_database(), {_TABLE_OID}").fetchone()
-        import psycopg
-
-        try:
-            with self._db.transaction():
-                cluster = self._db.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
-        except psycopg.Error:  # a role without the right to read it
-            self._db.commit()
-            return None
-        self._db.commit()
-        return f"pgvector:{cluster}/{row[0]}/{row[1]}"
+    def identity(self) -> str:
+        """This table among all stores, as a move's record names where a chunk came from: an id this database
+        keeps for it (made once, in a table of ours beside Open WebUI's), and the table's oid, so a table
+        dropped and made again is another source. A copy of the database (a restored dump) keeps the id."""
+        with self._db.transaction():
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {STORE_ID} (one boolean PRIMARY KEY DEFAULT true "
+                             "CHECK (one), store_id text NOT NULL)")
+            self._db.execute(f"INSERT INTO {STORE_ID} (store_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                             (uuid.uuid4().hex,))
+            store_id, table = self._db.execute(f"SELECT store_id, {_TABLE_OID} FROM {STORE_ID}").fetchone()
+        return f"pgvector:{store_id}/{table}"
 
     def upsert(self, collection: str, chunks: list[Chunk], table: Table) -> None:
         """Insert or replace ``chunks`` inside the caller's transaction (one of its own when there is none)."""

@@ -22,6 +22,10 @@ MODEL_SAMPLE = 200
 METADATA_PAGE = 1000
 # What `migrate --to-store chroma` wrote into Chroma (move_chroma.py): the tools' own, not Open WebUI's.
 MOVES_COLLECTION = "vector_bridge_moved_chunk"
+# This Chroma store's id as a source of `migrate --to-store` (its metadata): every Chroma database has the same id,
+# and the records of a move name the store each chunk came from.
+STORE_COLLECTION = "vector_bridge_store"
+TOOL_COLLECTIONS = (MOVES_COLLECTION, STORE_COLLECTION)
 
 
 class StoreError(RuntimeError):

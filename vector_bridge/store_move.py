@@ -13,13 +13,12 @@ meanwhile. Rows that are not as a move left them were written by Open WebUI itse
 never changed or deleted, and a chunk a move wrote that has since gone from the target is not brought back
 (its owner deleted it there).
 
-A collection is removed from the target only on proof that its source collection was deleted: the record
-names where each row came from. On pgvector that is the cluster, database and table. Chroma has no id of its
-own (every store's database has the same one), so the record names a lineage and the source collection's id,
-which every collection gets at random and keeps through renames (migrate's swaps never look like deletions):
-a run whose source still holds collections of one recorded lineage continues it, any other starts a new one,
-and only collections of the run's own lineage can be found deleted. A Chroma store made again, or another
-one, removes nothing.
+The record also names the store each chunk came from (an id each store keeps for itself: a Chroma store in a
+collection of ours, since every Chroma database has the same id; a pgvector database in a table of ours, with
+the table's oid). A run changes or deletes only chunks a move from its own source wrote, so a Chroma store made
+again, or another one, never deletes what the first moved; and a collection is removed from the target only
+when every chunk of it came from this source and the source holds it under no name (migrate's swap, cut
+between its renames, keeps it as NAME.pre.M).
 
 Two states are refused rather than guessed at: a collection the target holds that no move ever wrote (old
 data from before an earlier switch, say: ``replace`` takes it over, recorded before the first write, so a
@@ -81,19 +80,15 @@ class Record:
 
     sent: str
     stored: str
+    source: str | None = None  # the store the chunk came from (Source.token); None: written before it was kept
 
 
 class Source(Protocol):
     engine: str
+    token: str  # this store among all others, as the record names where a chunk came from
 
-    def identify(self, recorded: set[str]) -> None:
-        """Settle which of the tokens earlier moves recorded (from any store) came from this one."""
-
-    def token(self, name: str) -> str | None:
-        """Where ``name``'s chunks come from, as the record keeps it; None when it cannot be told."""
-
-    def deleted(self, token: str) -> bool:
-        """Whether ``token`` names a collection of this very store that is gone from it."""
+    def migrating(self, name: str) -> bool:
+        """Whether ``name`` is away under another name for now (migrate's swap, cut between its renames)."""
 
     def names(self) -> tuple[list[str], list[str]]:
         """The collections to move, and those left out on purpose (the tools' own)."""
@@ -119,7 +114,7 @@ class Target(Protocol):
         """The chunk as this target will hold it (padding, precision, the metadata values it takes)."""
 
     def moved_collections(self) -> dict[str, set[str | None]]:
-        """The collections the record says moves wrote into, with the source tokens of their rows."""
+        """The collections the record says moves wrote into, with the sources of their rows."""
 
     def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
         """Record the rows there now as the move's, durably, before anything else is written."""
@@ -181,9 +176,7 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
     if unknown := sorted(set(copy_again or []) - set(names)):
         raise NoSuchCollection(f"--copy-again: no such collection to move from {source.engine}: {', '.join(unknown)}")
     report = StoreMove(target=target.engine.lower(), dimension=None, skipped=skipped)
-    # Read before this run writes: only what earlier runs recorded proves which store this source is.
     moved = target.moved_collections()
-    source.identify({token for tokens in moved.values() for token in tokens if token})
     sampler = random.Random(seed if seed is not None else time.time_ns())
     for name in names:
         done = _move_one(source, target, name, replace, name in (copy_again or []), progress, sampler)
@@ -191,29 +184,35 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
         log.info("collection moved", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
     # Collections deleted from the source since a move wrote them (a knowledge base removed in Open WebUI).
-    for name, tokens in sorted(moved.items()):
-        if name in names or name in skipped or (only and name not in only):
+    # Only where every chunk came from this very store, and it holds the collection under no name now (the
+    # listing names() took, in which migrate's renames are atomic).
+    for name, sources in sorted(moved.items()):
+        if name in names or name in skipped or (only and name not in only) or source.migrating(name):
             continue
-        if not all(token and source.deleted(token) for token in tokens):
-            continue  # from another store, or from before this run's source was made: not ours to judge
-        done = _remove_one(target, name)
+        if sources != {source.token}:
+            continue  # written from another store (or a copy of this one made again): not ours to judge
+        done = _remove_one(target, name, source.token)
         log.info("collection removed", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
     target.finish()
     return report
 
 
-def _ours(have: dict[str, str], wrote: dict[str, Record], chunk_id: str) -> bool:
-    """The row is as a move left it (absent rows included when no move ever wrote them)."""
+def _ours(have: dict[str, str], wrote: dict[str, Record], chunk_id: str, token: str) -> bool:
+    """The row is as a move from this store left it (absent rows included when no move ever wrote them). Rows
+    a move from another store wrote are never this run's to change or delete: a Chroma made again, say, lacks
+    every chunk of the first."""
     record = wrote.get(chunk_id)
-    return have.get(chunk_id) == (record.stored if record else None)
+    if record is None:
+        return chunk_id not in have
+    return record.source == token and have.get(chunk_id) == record.stored
 
 
-def _remove_one(target: Target, name: str) -> MovedCollection:
+def _remove_one(target: Target, name: str, token: str) -> MovedCollection:
     started = time.monotonic()
     target.open(name)
     have, wrote = target.fingerprints(name), target.written(name)
-    gone = sorted(chunk_id for chunk_id in have if _ours(have, wrote, chunk_id))
+    gone = sorted(chunk_id for chunk_id in have if _ours(have, wrote, chunk_id, token))
     for start in range(0, len(gone), METADATA_PAGE):
         target.delete(name, gone[start:start + METADATA_PAGE])
     kept = len(have) - len(gone)
@@ -250,7 +249,7 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, copy_aga
         wrote = {}
 
     def ours(chunk_id: str) -> bool:
-        return _ours(have, wrote, chunk_id)
+        return _ours(have, wrote, chunk_id, source.token)
 
     wanted = set(ids)
     gone = sorted(chunk_id for chunk_id in have if chunk_id not in wanted and ours(chunk_id))
