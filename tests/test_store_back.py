@@ -31,7 +31,7 @@ from vector_bridge.move_chroma import ChromaTarget
 from vector_bridge.pgvector_store import PgvectorStore, vector_literal
 from vector_bridge.postgres import pgvector_url, postgres_service
 from vector_bridge.stack import chroma_service
-from vector_bridge.store import MOVES_COLLECTION
+from vector_bridge.store import MOVES_COLLECTION, STORE_COLLECTION
 
 pytestmark = pytest.mark.slow
 HYBRID_PG = "all-MiniLM-L6-v2-hybrid-pg"  # 3,456 dimensions, kept as halfvec by pgvector
@@ -388,10 +388,15 @@ def test_a_collection_deleted_from_pgvector_goes_from_chroma_and_only_a_move_fro
     assert list(contents(back, "kb-gone-edited")) == ["kb-gone-edited-0"]
     assert set(by_name(run(settings, back_port, "chroma", url=url))) == {"kb-stays"}
 
-    # A backup of this Chroma leaves the moves' record out: it describes these rows, not a collection.
-    path = settings.state_dir.with_name("back.jsonl.gz")
-    backup(back, path, progress=False)
-    assert MOVES_COLLECTION not in {header.name for header in read_contents(path)}
+    # Backups leave the tools' own collections out: they describe the store they are in, not Open WebUI's data
+    # (a copy restored elsewhere must not pass for this store as a source of moves).
+    first = stores[0]
+    assert {MOVES_COLLECTION, STORE_COLLECTION} <= {c.name for c in [*back.list_collections(),
+                                                                    *first.list_collections()]}
+    for client, name in ((back, "back"), (first, "first")):
+        path = settings.state_dir.with_name(f"{name}.jsonl.gz")
+        backup(client, path, progress=False)
+        assert not {MOVES_COLLECTION, STORE_COLLECTION} & {header.name for header in read_contents(path)}
 
 
 def test_clear_errors(stores: tuple, settings: Settings, back_port: int) -> None:

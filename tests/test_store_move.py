@@ -197,7 +197,7 @@ def test_replace_takes_a_collection_over_once_and_a_killed_take_over_goes_on(sto
                       target.table())
     process = cli(settings, "--collection", "kb-old")
     out, err = process.communicate(timeout=600)
-    assert process.returncode == 1 and "no move wrote" in err and "--replace" in err
+    assert process.returncode == 1 and "no move from this store wrote" in err and "--replace" in err
 
     def rewritten() -> int:
         with psycopg.connect(url) as connection:
@@ -264,18 +264,35 @@ def test_another_chroma_store_moved_into_the_same_pgvector_removes_nothing(store
         second = chromadb.HttpClient(host="127.0.0.1", port=other.chroma_port)
         fill(second, "kb-second", 5, 96)
         fill(second, "kb-first", 1, 97, start=100)  # Open WebUI writing into the same knowledge base there
-        process = cli(other, "--json")
+        process = cli(other)
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 1 and "kb-first" in err and "another store" in err and "--replace" in err
+        process = cli(other, "--json", "--collection", "kb-second")
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
-        report = {c["collection"]: c for c in json.loads(out)["collections"]}
-        assert set(report) == {"kb-second", "kb-first"}
-        assert (report["kb-first"]["written"], report["kb-first"]["removed"], report["kb-first"]["kept"]) == (1, 0, 10)
+        assert {c["collection"]: c["written"] for c in json.loads(out)["collections"]} == {"kb-second": 5}
+        with PgvectorStore(pgvector_url(settings)) as target:
+            assert target.collections()["kb-first"] == 10  # the first store's chunks, untouched
+        # Asked for: --replace makes kb-first the second store's copy; then the first store is the other one.
+        process = cli(other, "--json", "--collection", "kb-first", "--replace")
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        assert {c["collection"]: (c["written"], c["removed"]) for c in json.loads(out)["collections"]} == {
+            "kb-first": (1, 10)}
+        process = cli(settings, "--collection", "kb-first")
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 1 and "another store" in err
+        process = cli(settings, "--json", "--collection", "kb-first", "--replace")  # and back
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
     finally:
         service.stop()
     with PgvectorStore(pgvector_url(settings)) as target:
         collections = target.collections()
-    assert collections["kb-first"] == 11 and collections["kb-second"] == 5
-    assert "kb-second" not in {c["collection"] for c in move(settings)["collections"]}  # nor the first, back
+    assert collections["kb-first"] == 10 and collections["kb-second"] == 5
+    assert_identical(stores, settings, ["kb-first"])
+    report = move(settings)  # the first store does not remove what the second wrote, and says so
+    assert "kb-second" not in {c["collection"] for c in report["collections"]} and report["left"] == ["kb-second"]
 
 
 def test_a_migrate_swap_cut_between_its_renames_removes_nothing(stores: chromadb.ClientAPI,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from vector_bridge.backup_file import (FORMAT, PAGE, VERSION, BackupError, Summary, encode_vector, fsync_folder, line,
                                        private_gzip)
 from vector_bridge.restore import restore
-from vector_bridge.store import MOVES_COLLECTION
+from vector_bridge.store import TOOL_COLLECTIONS
 
 __all__ = ["BackupError", "Summary", "backup", "restore"]
 
@@ -64,8 +64,9 @@ def backup(client: ClientAPI, path: Path, *, collections: list[str] | None = Non
            lengths: dict[str, int] | None = None) -> Summary:
     """Write the named collections (default: all) to ``path``, vectors cut to ``lengths`` where given."""
     started = time.perf_counter()
-    # The record `migrate --to-store chroma` keeps is about this store's rows, not a collection to bring back.
-    names = (sorted(c.name for c in client.list_collections() if c.name != MOVES_COLLECTION)
+    # The tools' own collections (a move's record, this store's id as a source) describe this very store: a
+    # copy restored elsewhere must not pass for it.
+    names = (sorted(c.name for c in client.list_collections() if c.name not in TOOL_COLLECTIONS)
              if collections is None else collections)
     targets = [client.get_collection(name) for name in names]
     partial = path.with_name(path.name + ".partial")

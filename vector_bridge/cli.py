@@ -416,7 +416,10 @@ def _move_store(args: argparse.Namespace, settings: Settings) -> int:
               f"{f', {done.missing} deleted in {where} since a move wrote them, not brought back' if done.missing else ''}"
               f") in {done.seconds:.1f} s")
     if report.skipped:
-        print(f"not copied (migrate's own shadows and kept old vectors): {', '.join(report.skipped)}")
+        print(f"not copied (what migrate or restore keeps aside while it works): {', '.join(report.skipped)}")
+    if report.left:
+        print(f"gone from the source but left in {where} (some of their chunks came from another store's moves): "
+              f"{', '.join(report.left)}")
     if report.target == "pgvector":
         print(f"Every collection is in pgvector ({report.dimension} dimensions). To switch Open WebUI: stop it, run "
               "this command once more (it brings over what was written meanwhile), then start Open WebUI with "

@@ -30,6 +30,7 @@ from chromadb.errors import ChromaError
 
 from vector_bridge.migrate import migration_part
 from vector_bridge.pgvector_store import Chunk
+from vector_bridge.restore import restore_part
 from vector_bridge.shadow import all_ids
 from vector_bridge.store import METADATA_PAGE, MOVES_COLLECTION, STORE_COLLECTION, TOOL_COLLECTIONS
 from vector_bridge.store_move import PAGE, Record, StoreMoveError, fingerprint
@@ -73,21 +74,28 @@ def vector_length(client: ClientAPI, only: list[str] | None = None) -> int:
 
 
 def _not_openwebuis(name: str) -> bool:
-    return bool(migration_part(name)) or name in TOOL_COLLECTIONS
+    return bool(_away(name)) or name in TOOL_COLLECTIONS
+
+
+def _away(name: str) -> str | None:
+    """The collection that a migrate or restore part (its shadow, kept or replaced data) stands for."""
+    part = migration_part(name) or restore_part(name)
+    return part[1] if part else None
 
 
 def store_id(client: ClientAPI) -> str:
     """This Chroma store's own id, kept in the metadata of a collection of ours (made on first use): every
     Chroma database has the same id, so nothing else tells one store from another, or from one made again."""
-    collection = client.get_or_create_collection(
-        STORE_COLLECTION, metadata={"vector_bridge": "this store's id as a source of migrate --to-store"},
-        embedding_function=None)
-    found = (collection.metadata or {}).get("store_id")
+    try:
+        # Made with its id in one step: of two first runs at once, one makes it and the other reads it.
+        client.create_collection(STORE_COLLECTION, embedding_function=None, metadata={
+            "vector_bridge": "this store's id as a source of migrate --to-store", "store_id": uuid.uuid4().hex})
+    except (ChromaError, ValueError):
+        pass  # there already
+    found = (client.get_collection(STORE_COLLECTION, embedding_function=None).metadata or {}).get("store_id")
     if not found:
-        found = uuid.uuid4().hex
-        collection.modify(metadata={**(collection.metadata or {}), "store_id": found})
-        # Two first runs at once would each write one: the one Chroma kept is the id from now on.
-        found = client.get_collection(STORE_COLLECTION).metadata["store_id"]
+        raise ChromaRefused(f"the collection {STORE_COLLECTION} has no store_id in its metadata: delete it (it holds "
+                            "no chunks) and run again; moves from this store then count as from another store")
     return str(found)
 
 
@@ -100,13 +108,13 @@ class ChromaSource:
         self._names: list[str] = []
 
     def migrating(self, name: str) -> bool:
-        return any((part := migration_part(other)) and part[1] == name for other in self._names)
+        return any(_away(other) == name for other in self._names)
 
     def names(self) -> tuple[list[str], list[str]]:
         names = self._names = sorted(collection.name for collection in self.client.list_collections())
         # migrate's shadows and kept old vectors are not the live store; the record is the move's own
         return ([n for n in names if not _not_openwebuis(n)],
-                [n for n in names if migration_part(n)])
+                [n for n in names if _away(n)])
 
     def ids(self, name: str) -> list[str]:
         return all_ids(self.client.get_collection(name))
@@ -208,7 +216,8 @@ class ChromaTarget:
         """A take-over killed between its pages: the rows it had not recorded yet are taken over now."""
         if not any(entry.get("take_over") for _, entry in self._entries(name)):
             return
-        recorded = {entry["chunk"] for _, entry in self._entries(name)}
+        recorded = {entry["chunk"] for _, entry in self._entries(name) if entry.get("source") == self.token
+                    and not entry.get("take_over")}
         now = self.fingerprints(name)
         self.take_over(name, {chunk_id: print_ for chunk_id, print_ in now.items() if chunk_id not in recorded})
         log.info("finished a killed run's take-over", extra={"collection": name})
@@ -243,8 +252,9 @@ class ChromaTarget:
                 return found
 
     def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        """Chroma writes one page of entries at a time: a marker first, gone only when every row is recorded,
-        so a run killed in between has the next one finish it (``open``)."""
+        """Record these rows as this source's and drop other stores' records of the collection. Chroma writes
+        one page of entries at a time: a marker first, gone only when all is done, so a run killed in between
+        has the next one finish it (``open``)."""
         marker = _key(name, "")  # no chunk has an empty id
         self._record.upsert(ids=[marker], embeddings=[_NO_VECTOR],
                             metadatas=[{"collection": name, "chunk": "", "take_over": True}])
@@ -256,6 +266,11 @@ class ChromaTarget:
                                 embeddings=[_NO_VECTOR] * len(page),
                                 metadatas=[self._entry(name, chunk_id, "", fingerprints[chunk_id])
                                            for chunk_id in page])
+        # Records of other stores' moves in this collection no longer apply: it is this source's copy now.
+        foreign = [key for key, entry in self._entries(name)
+                   if not entry.get("take_over") and entry.get("source") != self.token]
+        for start in range(0, len(foreign), METADATA_PAGE):
+            self._record.delete(ids=foreign[start:start + METADATA_PAGE])
         self._record.delete(ids=[marker])
 
     def forget(self, name: str) -> None:

@@ -253,9 +253,11 @@ class PgvectorStore:
                                       for chunk in chunks], source)
 
     def take_over(self, collection: str, fingerprints: dict[str, str], source: str | None) -> None:
-        """Record the rows there now as a move's, all in one transaction: a run killed after this goes on
-        from them, not from a collection nobody answers for."""
+        """Record these rows as moved from ``source`` and drop other stores' records of the collection, in
+        one transaction: a run killed after this goes on from them, not from a collection nobody answers for."""
         with self._db.transaction():
+            self._db.execute(f"DELETE FROM {MOVES} WHERE collection_name = %s AND source IS DISTINCT FROM %s",
+                             (collection, source))
             self._record(collection, list(fingerprints.items()), source)
 
     def forget(self, collection: str) -> None:
@@ -276,12 +278,20 @@ class PgvectorStore:
         """This table among all stores, as a move's record names where a chunk came from: an id this database
         keeps for it (made once, in a table of ours beside Open WebUI's), and the table's oid, so a table
         dropped and made again is another source. A copy of the database (a restored dump) keeps the id."""
-        with self._db.transaction():
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS {STORE_ID} (one boolean PRIMARY KEY DEFAULT true "
-                             "CHECK (one), store_id text NOT NULL)")
-            self._db.execute(f"INSERT INTO {STORE_ID} (store_id) VALUES (%s) ON CONFLICT DO NOTHING",
-                             (uuid.uuid4().hex,))
-            store_id, table = self._db.execute(f"SELECT store_id, {_TABLE_OID} FROM {STORE_ID}").fetchone()
+        import psycopg
+
+        try:
+            with self._db.transaction():
+                if self._db.execute("SELECT to_regclass(%s)", (STORE_ID,)).fetchone()[0] is None:
+                    self._db.execute(f"CREATE TABLE IF NOT EXISTS {STORE_ID} (one boolean PRIMARY KEY DEFAULT true "
+                                     "CHECK (one), store_id text NOT NULL)")
+                    self._db.execute(f"INSERT INTO {STORE_ID} (store_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                                     (uuid.uuid4().hex,))
+                store_id, table = self._db.execute(f"SELECT store_id, {_TABLE_OID} FROM {STORE_ID}").fetchone()
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+            raise PgvectorError(f"this role cannot create the one-row table {STORE_ID} that records this database's "
+                                "id as a source of moves: run the command once as the owner of Open WebUI's "
+                                "tables") from None
         return f"pgvector:{store_id}/{table}"
 
     def upsert(self, collection: str, chunks: list[Chunk], table: Table) -> None:

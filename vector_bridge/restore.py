@@ -22,6 +22,7 @@ from chromadb.api.models.Collection import Collection
 from tqdm import tqdm
 
 from vector_bridge.backup_file import PAGE, BackupError, CollectionHeader, Summary, decode_vector, read_contents, records
+from vector_bridge.store import TOOL_COLLECTIONS
 
 log = logging.getLogger(__name__)
 BUILDING = ".restoring"
@@ -114,7 +115,8 @@ def restore(client: ClientAPI, path: Path, *, replace: bool = False, progress: b
 
         return restore_into_pgvector(client, path, replace=replace, progress=progress)
     started = time.perf_counter()
-    contents = read_contents(path)
+    # Backups made before the tools' own collections were left out: those describe the store they came from.
+    contents = [header for header in read_contents(path) if header.name not in TOOL_COLLECTIONS]
     store = _Store(client)
     for header in contents:
         _finish_interrupted(store, header)
@@ -143,7 +145,13 @@ def restore(client: ClientAPI, path: Path, *, replace: bool = False, progress: b
             batch.clear()
 
     with tqdm(total=total, unit="chunk", desc="restore", disable=not progress) as bar:
+        skipping = False
         for record in records(path):
+            if "collection" in record:
+                skipping = record["collection"] not in by_name
+            if skipping:
+                skipping = "end_collection" not in record
+                continue
             if "collection" in record:
                 name = record["collection"]
                 if store.get(name + BUILDING) is not None:

@@ -20,9 +20,10 @@ again, or another one, never deletes what the first moved; and a collection is r
 when every chunk of it came from this source and the source holds it under no name (migrate's swap, cut
 between its renames, keeps it as NAME.pre.M).
 
-Two states are refused rather than guessed at: a collection the target holds that no move ever wrote (old
-data from before an earlier switch, say: ``replace`` takes it over, recorded before the first write, so a
-killed run goes on from it; it changes nothing in a collection that holds rows a move wrote), and a
+Two states are refused rather than guessed at: a collection the target holds that no move from this source
+wrote (old data from before an earlier switch, or another store's copy: ``replace`` takes it over, recorded
+before the first write, so a killed run goes on from it; it changes nothing in a collection holding rows a
+move from this source wrote), and a
 collection the record says moves wrote that the target now holds none of (its table dropped or emptied, or
 Open WebUI deleted it after the switch: ``copy_again`` names the collections to forget the record of and copy
 anew). Then every collection is checked: the source's ids are there, and a
@@ -154,9 +155,11 @@ class StoreMove:
     dimension: int | None  # pgvector: the table's; Chroma: the collections' when they all share one
     collections: list[MovedCollection] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # our own migration shadows and kept old vectors
+    # Gone from the source but left in the target: some of their chunks came from another store's moves.
+    left: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "dimension": self.dimension, "skipped": self.skipped,
+        return {"target": self.target, "dimension": self.dimension, "skipped": self.skipped, "left": self.left,
                 "collections": [asdict(c) for c in self.collections]}
 
 
@@ -190,7 +193,8 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
         if name in names or name in skipped or (only and name not in only) or source.migrating(name):
             continue
         if sources != {source.token}:
-            continue  # written from another store (or a copy of this one made again): not ours to judge
+            report.left.append(name)  # written from another store (or a copy of this one made again)
+            continue
         done = _remove_one(target, name, source.token)
         log.info("collection removed", extra={"to": report.target} | asdict(done))
         report.collections.append(done)
@@ -229,13 +233,19 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, copy_aga
     ids = source.ids(name)
     target.open(name)
     have, wrote = target.fingerprints(name), target.written(name)
-    if have and not wrote:
+    if have and not any(record.source == source.token for record in wrote.values()):
         if not replace:
+            whose = ("moves from another store (or from a version that did not tell stores apart) wrote them"
+                     if wrote else f"no move wrote them (left from before Open WebUI moved away from {target.engine}?)")
             raise TargetHoldsOtherData(
-                f"{name}: {target.engine} already holds {len(have)} chunks in this collection and no move wrote "
-                f"them (left from before Open WebUI moved away from {target.engine}?): back them up and delete "
-                "the collection, or run again with --replace to make it the source's copy")
+                f"{name}: {target.engine} already holds {len(have)} chunks in this collection and no move from this "
+                f"store wrote them: {whose}. Back them up and delete the collection, or run again with --replace "
+                "to make it this source's copy")
         target.take_over(name, have)
+        wrote = target.written(name)
+    elif replace and (foreign := {chunk_id: print_ for chunk_id, print_ in have.items()
+                                  if chunk_id in wrote and wrote[chunk_id].source != source.token}):
+        target.take_over(name, foreign)  # chunks another store's move wrote: this source's copy from now on
         wrote = target.written(name)
     elif wrote and not have:
         if not copy_again:
