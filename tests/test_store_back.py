@@ -353,7 +353,8 @@ def test_a_take_over_cut_between_its_pages_is_finished_by_the_next_run(stores: t
         source = store.identity()  # what the killed run wrote in each entry
     record = back.get_collection(MOVES_COLLECTION)
     record.upsert(ids=["kb-taken:"], embeddings=[[1.0]], metadatas=[{"collection": "kb-taken", "chunk": "",
-                                                                     "take_over": True}])
+                                                                     "take_over": True, "source": source,
+                                                                     "whole": True}])
     first = rows[:1000]
     record.upsert(ids=[f"kb-taken:{r[0]}" for r in first], embeddings=[[1.0]] * len(first),
                   metadatas=[{"collection": "kb-taken", "chunk": r[0], "sent": "", "stored": prints[r[0]],
@@ -362,6 +363,31 @@ def test_a_take_over_cut_between_its_pages_is_finished_by_the_next_run(stores: t
     assert report["written"] == 1200 and report["kept"] == 0
     assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "kb-taken"))
     assert not record.get(ids=["kb-taken:"])["ids"]
+
+
+def test_a_cut_take_over_of_another_stores_chunks_never_takes_open_webuis(stores: tuple, settings: Settings,
+                                                                           back_port: int) -> None:
+    """What a kill leaves in a --replace run that was to take over only another store's chunks: its marker says
+    so, and the next run takes over no row that no move wrote (Open WebUI's)."""
+    _, back = stores
+    url = source_schema(settings, "mixed")
+    insert(url, "kb-mixed", unit_rows("kb-mixed", 5, DIM, 79))
+    run(settings, back_port, "chroma", url=url)
+    back.get_collection("kb-mixed").add(ids=["foreign", "open-webui"], embeddings=np.eye(DIM, dtype=np.float32)[:2],
+                                        documents=["from another store", "written by Open WebUI"])
+    prints = ChromaTarget(back, "").fingerprints("kb-mixed")
+    with PgvectorStore(url) as store:
+        source = store.identity()
+    record = back.get_collection(MOVES_COLLECTION)
+    record.upsert(ids=["kb-mixed:foreign", "kb-mixed:"], embeddings=[[1.0]] * 2, metadatas=[
+        {"collection": "kb-mixed", "chunk": "foreign", "sent": "", "stored": prints["foreign"], "pending": False,
+         "source": "pgvector:another-store/1"},
+        {"collection": "kb-mixed", "chunk": "", "take_over": True, "source": source, "whole": False}])
+    report = by_name(run(settings, back_port, "chroma", url=url))["kb-mixed"]
+    assert (report["removed"], report["kept"]) == (1, 1)  # the other store's chunk taken over, then gone
+    left = contents(back, "kb-mixed")
+    assert "foreign" not in left and left["open-webui"][0] == "written by Open WebUI"
+    assert not record.get(ids=["kb-mixed:"])["ids"]
 
 
 def test_a_collection_deleted_from_pgvector_goes_from_chroma_and_only_a_move_from_there_deletes_it(

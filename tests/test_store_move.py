@@ -302,7 +302,10 @@ def test_a_migrate_swap_cut_between_its_renames_removes_nothing(stores: chromadb
     # What a migrate killed between its two renames leaves: the old vectors aside, the new not yet in place.
     stores.get_collection("kb-swap").modify(name="kb-swap.pre.other-model")
     fill(stores, "kb-swap.to.other-model", 8, 99)
-    report = move(settings)
+    process = cli(settings, "--json")
+    out, err = process.communicate(timeout=600)
+    report = json.loads(out)
+    assert process.returncode == 1 and report["away"] == ["kb-swap"]  # not a run to switch after
     assert "kb-swap" not in {c["collection"] for c in report["collections"]}
     with PgvectorStore(pgvector_url(settings)) as target:
         assert target.collections()["kb-swap"] == 8

@@ -407,7 +407,7 @@ def _move_store(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if args.json:
         print(json.dumps(report.to_dict() | extra))
-        return 0
+        return 1 if report.away else 0  # not every collection is in the target: not a run to switch after
     where = "pgvector" if report.target == "pgvector" else "Chroma"
     for done in report.collections:
         print(f"{done.collection}: {done.chunks} chunks ({done.written} written, {done.removed} removed, "
@@ -420,6 +420,10 @@ def _move_store(args: argparse.Namespace, settings: Settings) -> int:
     if report.left:
         print(f"gone from the source but left in {where} (some of their chunks came from another store's moves): "
               f"{', '.join(report.left)}")
+    if report.away:
+        print(f"not moved: {', '.join(report.away)} (a migrate or restore stopped between its renames: run it "
+              "again to finish, then run this again)", file=sys.stderr)
+        return 1
     if report.target == "pgvector":
         print(f"Every collection is in pgvector ({report.dimension} dimensions). To switch Open WebUI: stop it, run "
               "this command once more (it brings over what was written meanwhile), then start Open WebUI with "

@@ -91,8 +91,12 @@ def store_id(client: ClientAPI) -> str:
         client.create_collection(STORE_COLLECTION, embedding_function=None, metadata={
             "vector_bridge": "this store's id as a source of migrate --to-store", "store_id": uuid.uuid4().hex})
     except (ChromaError, ValueError):
-        pass  # there already
-    found = (client.get_collection(STORE_COLLECTION, embedding_function=None).metadata or {}).get("store_id")
+        pass  # there already (or not allowed: then the read below says so)
+    try:
+        found = (client.get_collection(STORE_COLLECTION, embedding_function=None).metadata or {}).get("store_id")
+    except (ChromaError, ValueError) as error:
+        raise ChromaRefused(f"Chroma would not keep this store's id in the collection {STORE_COLLECTION}: "
+                            f"{type(error).__name__}") from None
     if not found:
         raise ChromaRefused(f"the collection {STORE_COLLECTION} has no store_id in its metadata: delete it (it holds "
                             "no chunks) and run again; moves from this store then count as from another store")
@@ -197,15 +201,18 @@ class ChromaTarget:
 
     def _settle_pending(self, name: str) -> None:
         """A run killed mid-page: its rows are the move's, as they are now (see the module's docstring)."""
-        pending = {entry["chunk"]: key for key, entry in self._entries(name)
+        entries = {entry["chunk"]: (key, entry.get("source")) for key, entry in self._entries(name)
                    if entry.get("pending") and not entry.get("take_over")}
+        pending = {chunk_id: key for chunk_id, (key, _) in entries.items()}
         if not pending:
             return
         now = self._fingerprints(name, list(pending))
         settled = [chunk_id for chunk_id in pending if chunk_id in now]
         if settled:
+            # Each as the store whose run it was: another store's killed page stays that store's.
             self._record.upsert(ids=[pending[c] for c in settled], embeddings=[_NO_VECTOR] * len(settled),
-                                metadatas=[self._entry(name, c, "", now[c]) for c in settled])
+                                metadatas=[self._entry(name, c, "", now[c]) | (
+                                    {"source": entries[c][1]} if entries[c][1] else {}) for c in settled])
         absent = [pending[c] for c in pending if c not in now]
         if absent:
             self._record.delete(ids=absent)
@@ -213,13 +220,20 @@ class ChromaTarget:
                                                          "absent": len(absent)})
 
     def _finish_take_over(self, name: str) -> None:
-        """A take-over killed between its pages: the rows it had not recorded yet are taken over now."""
-        if not any(entry.get("take_over") for _, entry in self._entries(name)):
+        """A take-over killed between its pages, by a run from this store: finished as it was asked (every
+        row, or only those another store's move wrote). Another store's is left for that store to finish."""
+        entries = self._entries(name)
+        marker = next((entry for _, entry in entries if entry.get("take_over")), None)
+        if marker is None or marker.get("source") != self.token:
             return
-        recorded = {entry["chunk"] for _, entry in self._entries(name) if entry.get("source") == self.token
-                    and not entry.get("take_over")}
+        sources = {entry["chunk"]: entry.get("source") for _, entry in entries if not entry.get("take_over")}
         now = self.fingerprints(name)
-        self.take_over(name, {chunk_id: print_ for chunk_id, print_ in now.items() if chunk_id not in recorded})
+        if marker.get("whole"):
+            rows = {chunk_id: print_ for chunk_id, print_ in now.items() if sources.get(chunk_id) != self.token}
+        else:  # never a row no move wrote: Open WebUI's
+            rows = {chunk_id: print_ for chunk_id, print_ in now.items()
+                    if chunk_id in sources and sources[chunk_id] != self.token}
+        self.take_over(name, rows, whole=bool(marker.get("whole")))
         log.info("finished a killed run's take-over", extra={"collection": name})
 
     def ids(self, name: str) -> set[str]:
@@ -251,13 +265,14 @@ class ChromaTarget:
             if len(page["ids"]) < METADATA_PAGE:
                 return found
 
-    def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        """Record these rows as this source's and drop other stores' records of the collection. Chroma writes
-        one page of entries at a time: a marker first, gone only when all is done, so a run killed in between
-        has the next one finish it (``open``)."""
+    def take_over(self, name: str, fingerprints: dict[str, str], *, whole: bool) -> None:
+        """Record these rows as this source's, and other stores' records of the collection as this source's
+        too (chunks deleted here stay deleted). Chroma writes one page of entries at a time: a marker first
+        (which store, and whether every row was asked for), gone only when all is done, so a run killed in
+        between has the next one from this store finish it (``open``)."""
         marker = _key(name, "")  # no chunk has an empty id
-        self._record.upsert(ids=[marker], embeddings=[_NO_VECTOR],
-                            metadatas=[{"collection": name, "chunk": "", "take_over": True}])
+        self._record.upsert(ids=[marker], embeddings=[_NO_VECTOR], metadatas=[
+            {"collection": name, "chunk": "", "take_over": True, "source": self.token, "whole": whole}])
         ids = list(fingerprints)
         for start in range(0, len(ids), METADATA_PAGE):
             page = ids[start:start + METADATA_PAGE]
@@ -266,11 +281,12 @@ class ChromaTarget:
                                 embeddings=[_NO_VECTOR] * len(page),
                                 metadatas=[self._entry(name, chunk_id, "", fingerprints[chunk_id])
                                            for chunk_id in page])
-        # Records of other stores' moves in this collection no longer apply: it is this source's copy now.
+        # Other stores' records left (chunks deleted here since): this source's now, so they stay deleted.
         foreign = [key for key, entry in self._entries(name)
                    if not entry.get("take_over") and entry.get("source") != self.token]
         for start in range(0, len(foreign), METADATA_PAGE):
-            self._record.delete(ids=foreign[start:start + METADATA_PAGE])
+            page = foreign[start:start + METADATA_PAGE]
+            self._record.update(ids=page, metadatas=[{"source": self.token}] * len(page))
         self._record.delete(ids=[marker])
 
     def forget(self, name: str) -> None:

@@ -63,8 +63,8 @@ class PgvectorTarget:
     def moved_collections(self) -> dict[str, set[str | None]]:
         return self.store.moved_collections()
 
-    def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        self.store.take_over(name, fingerprints, self.token)
+    def take_over(self, name: str, fingerprints: dict[str, str], *, whole: bool) -> None:
+        self.store.take_over(name, fingerprints, self.token)  # one transaction: nothing to resume
 
     def forget(self, name: str) -> None:
         self.store.forget(name)

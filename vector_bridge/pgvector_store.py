@@ -253,11 +253,12 @@ class PgvectorStore:
                                       for chunk in chunks], source)
 
     def take_over(self, collection: str, fingerprints: dict[str, str], source: str | None) -> None:
-        """Record these rows as moved from ``source`` and drop other stores' records of the collection, in
-        one transaction: a run killed after this goes on from them, not from a collection nobody answers for."""
+        """Record these rows as moved from ``source``, and other stores' records of the collection as from it
+        too (chunks deleted here since stay deleted), in one transaction: a run killed after this goes on from
+        them, not from a collection nobody answers for."""
         with self._db.transaction():
-            self._db.execute(f"DELETE FROM {MOVES} WHERE collection_name = %s AND source IS DISTINCT FROM %s",
-                             (collection, source))
+            self._db.execute(f"UPDATE {MOVES} SET source = %s WHERE collection_name = %s AND source IS DISTINCT "
+                             "FROM %s", (source, collection, source))
             self._record(collection, list(fingerprints.items()), source)
 
     def forget(self, collection: str) -> None:

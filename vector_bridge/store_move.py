@@ -117,8 +117,9 @@ class Target(Protocol):
     def moved_collections(self) -> dict[str, set[str | None]]:
         """The collections the record says moves wrote into, with the sources of their rows."""
 
-    def take_over(self, name: str, fingerprints: dict[str, str]) -> None:
-        """Record the rows there now as the move's, durably, before anything else is written."""
+    def take_over(self, name: str, fingerprints: dict[str, str], *, whole: bool) -> None:
+        """Record these rows as this source's, durably, before anything else is written; ``whole``: every row
+        of the collection was asked for (else only those another store's move wrote)."""
 
     def forget(self, name: str) -> None:
         """Drop the record of ``name``: it describes rows that are no longer there."""
@@ -155,11 +156,13 @@ class StoreMove:
     dimension: int | None  # pgvector: the table's; Chroma: the collections' when they all share one
     collections: list[MovedCollection] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # our own migration shadows and kept old vectors
+    away: list[str] = field(default_factory=list)  # collections under another name for now (a cut swap): not moved
     # Gone from the source but left in the target: some of their chunks came from another store's moves.
     left: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "dimension": self.dimension, "skipped": self.skipped, "left": self.left,
+                "away": self.away,
                 "collections": [asdict(c) for c in self.collections]}
 
 
@@ -171,6 +174,7 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
          copy_again: list[str] | None = None, progress: bool = False, seed: int | None = None,
          dimensions: dict[str, int] | None = None) -> StoreMove:
     names, skipped = source.names()
+    listed = {*names, *skipped}
     if only:
         missing = sorted(set(only) - set(names) - set(skipped))
         if missing:
@@ -180,6 +184,9 @@ def move(source: Source, target: Target, *, only: list[str] | None = None, repla
         raise NoSuchCollection(f"--copy-again: no such collection to move from {source.engine}: {', '.join(unknown)}")
     report = StoreMove(target=target.engine.lower(), dimension=None, skipped=skipped)
     moved = target.moved_collections()
+    # A migrate or restore cut between its renames: the collection has no name of its own in the source now.
+    report.away = sorted(name for name in moved if name not in listed and source.migrating(name)
+                         and (not only or name in only))
     sampler = random.Random(seed if seed is not None else time.time_ns())
     for name in names:
         done = _move_one(source, target, name, replace, name in (copy_again or []), progress, sampler)
@@ -237,15 +244,17 @@ def _move_one(source: Source, target: Target, name: str, replace: bool, copy_aga
         if not replace:
             whose = ("moves from another store (or from a version that did not tell stores apart) wrote them"
                      if wrote else f"no move wrote them (left from before Open WebUI moved away from {target.engine}?)")
+            lacking = len(set(have) - set(ids))
             raise TargetHoldsOtherData(
                 f"{name}: {target.engine} already holds {len(have)} chunks in this collection and no move from this "
                 f"store wrote them: {whose}. Back them up and delete the collection, or run again with --replace "
-                "to make it this source's copy")
-        target.take_over(name, have)
+                f"to make it this source's copy (which deletes the {lacking} of them this source lacks)")
+        target.take_over(name, have, whole=True)
         wrote = target.written(name)
     elif replace and (foreign := {chunk_id: print_ for chunk_id, print_ in have.items()
                                   if chunk_id in wrote and wrote[chunk_id].source != source.token}):
-        target.take_over(name, foreign)  # chunks another store's move wrote: this source's copy from now on
+        # chunks another store's move wrote: this source's copy from now on
+        target.take_over(name, foreign, whole=False)
         wrote = target.written(name)
     elif wrote and not have:
         if not copy_again:
