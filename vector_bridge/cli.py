@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--collection", action="append", help="only this collection (repeatable; implies "
                                                             "--store-only: Open WebUI is not switched)")
     move.add_argument("--store-only", action="store_true", help="migrate the store without switching Open WebUI")
-    move.add_argument("--replace", action="store_true", help="with --to-store: take over target collections that "
-                      "hold chunks no move wrote (data from before an earlier switch), making them the source's copy")
+    move.add_argument("--replace", action="store_true", help="with --to-store: make target collections that hold "
+                      "chunks no move from this source wrote (data from before an earlier switch, another store's "
+                      "copy) the source's copy; never touches chunks Open WebUI wrote beside this source's")
     move.add_argument("--copy-again", action="append", metavar="COLLECTION",
                       help="with --to-store: copy this collection anew though moves wrote it and the target now holds "
                            "none of it (repeatable; never for one Open WebUI deleted there after the switch)")

@@ -141,11 +141,11 @@ class PgvectorStore:
         with self._db.transaction():
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {MOVES} (id text PRIMARY KEY, collection_name text NOT NULL, "
                              "fingerprint text NOT NULL, table_oid oid, source text)")
-            # Records from before the oid was kept are about the table there is now: moves ran on it since.
             self._db.execute(f"ALTER TABLE {MOVES} ADD COLUMN IF NOT EXISTS table_oid oid")
             self._db.execute(f"ALTER TABLE {MOVES} ADD COLUMN IF NOT EXISTS source text")
             # Thousands of collections (Open WebUI keeps one per file): each run reads the record by collection.
             self._db.execute(f"CREATE INDEX IF NOT EXISTS {MOVES}_collection ON {MOVES} (collection_name)")
+            # Records from before the oid was kept are about the table there is now: moves ran on it since.
             self._db.execute(f"UPDATE {MOVES} SET table_oid = {_TABLE_OID} WHERE table_oid IS NULL")
             stale = self._db.execute(f"DELETE FROM {MOVES} WHERE table_oid IS DISTINCT FROM {_TABLE_OID}").rowcount
         if stale:
@@ -221,18 +221,21 @@ class PgvectorStore:
     def written(self, collection: str) -> dict[str, tuple[str, str | None]]:
         """What earlier moves wrote into this collection of this very table: id -> (the fingerprint written,
         the store it came from)."""
-        if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
-            self._db.commit()
+        if not self._has_moves():
             return {}
         rows = self._db.execute(f"SELECT id, fingerprint, source FROM {MOVES} WHERE collection_name = %s "
                                 f"AND table_oid = {_TABLE_OID}", (collection,)).fetchall()
         self._db.commit()
         return {chunk_id: (print_, source) for chunk_id, print_, source in rows}
 
+    def _has_moves(self) -> bool:
+        found = self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is not None
+        self._db.commit()
+        return found
+
     def moved_collections(self) -> dict[str, set[str | None]]:
         """The collections earlier moves wrote into, each with the sources its rows came from."""
-        if self._db.execute("SELECT to_regclass(%s)", (MOVES,)).fetchone()[0] is None:
-            self._db.commit()
+        if not self._has_moves():
             return {}
         rows = self._db.execute(f"SELECT DISTINCT collection_name, source FROM {MOVES} "
                                 f"WHERE table_oid = {_TABLE_OID}").fetchall()
