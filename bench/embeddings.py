@@ -49,6 +49,7 @@ from _servers import EVAL, embed_server, free_port  # noqa: E402
 
 from config import ModelSpec  # noqa: E402
 from embed_server.backends import EmbeddingBackend, TransformerBackend  # noqa: E402
+from embed_server.backends.cpu_features import cpu_flags, cpu_name, has_int8_dot_product  # noqa: E402
 from vector_bridge.stack import Service, StackError  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
@@ -516,6 +517,12 @@ def json_line(raw: RawFigures, servers: dict[str, dict[str, Result]], extra: dic
 
 # Main -------------------------------------------------------------------------------------------
 
+def cpu_description() -> str:
+    """The CPU and whether it has int8 dot-product instructions: int8's speed depends on them."""
+    int8 = {True: "int8 dot products", False: "no int8 dot products", None: "int8 dot products unknown"}
+    return f"{cpu_name() or 'unknown CPU'}, {int8[has_int8_dot_product(cpu_flags())]}"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="a BEIR corpus.jsonl (queries.jsonl beside it)")
@@ -589,7 +596,8 @@ def main() -> None:
         notes.append("Infinity did not run (see the messages above)")
     seconds = time.perf_counter() - started
     print(f"SciFact, {len(texts)} abstracts ({expected / len(texts):.0f} tokens each on average), "
-          f"{os.cpu_count()} cores, load average {load:.2f} at the start, {seconds:.0f} s in all\n")
+          f"{os.cpu_count()} cores ({cpu_description()}), load average {load:.2f} at the start, "
+          f"{seconds:.0f} s in all\n")
     table(raw, servers)
     if figures:
         print()
@@ -601,6 +609,7 @@ def main() -> None:
         print(f"WARNING: {note}")
     if args.json:
         extra = {"quick": args.quick, "seconds": round(seconds), "load_average_start": round(load, 2),
+                 "cpu": cpu_description(),
                  "warnings": notes}
         extra["backends"] = {figure.name: figure.summary(raw.best.tokens_per_s) for figure in figures}
         print(json.dumps(json_line(raw, servers, extra)))

@@ -13,6 +13,7 @@ import torch
 
 from config import ModelSpec, SettingsError, load_settings
 from embed_server.backends import TransformerBackend
+from embed_server.backends.cpu_features import cpu_flags, cpu_name, has_int8_dot_product
 from embed_server.backends.device import Availability, DeviceError, check_placements, place, select_device
 from tests.reference import raw_embeddings
 from tests.servers import EVAL
@@ -92,6 +93,42 @@ def test_bad_values_in_models_toml_name_the_setting(tmp_path) -> None:
             load_settings(models_file=path)
     with pytest.raises(SettingsError, match="device"):
         load_settings(models_file=path, device="cuda0")
+
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 sha_ni vaes vpclmulqdq
+
+processor\t: 1
+flags\t\t: fpu
+"""
+ZEN4_FLAGS = "fpu avx2 avx512f avx512bw avx512_vnni avx512_bf16"
+GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes crc32 atomics asimddp i8mm bf16\n"
+
+
+def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN3)
+    assert "avx2" in cpu_flags(cpuinfo) and "avx512_vnni" not in cpu_flags(cpuinfo)  # the first CPU's line
+    assert has_int8_dot_product(cpu_flags(cpuinfo)) is False
+    assert cpu_name(cpuinfo) == "AMD EPYC 7B13"
+    assert has_int8_dot_product(ZEN4_FLAGS.split()) is True
+    assert has_int8_dot_product(["avx2", "avx_vnni"]) is True  # Alder Lake and later: VNNI without AVX-512
+    cpuinfo.write_text(GRAVITON)
+    assert has_int8_dot_product(cpu_flags(cpuinfo)) is True
+    assert cpu_flags(tmp_path / "absent") is None
+
+
+def test_int8_on_a_cpu_without_dot_products_is_warned_about(caplog) -> None:
+    from embed_server.backends.onnx import warn_without_int8_dot_product
+
+    with caplog.at_level("WARNING", logger="embed_server.backends.onnx"):
+        assert warn_without_int8_dot_product("m", frozenset(ZEN4_FLAGS.split())) is False
+        assert not caplog.records
+        assert warn_without_int8_dot_product("m", frozenset({"avx2", "fma"})) is True
+    (record,) = caplog.records
+    assert record.event == "onnx_int8_slow_cpu" and record.model == "m" and "leave quantize unset" in record.advice
 
 
 def test_a_missing_device_stops_the_server_before_it_serves() -> None:
