@@ -104,31 +104,61 @@ processor\t: 1
 flags\t\t: fpu
 """
 ZEN4_FLAGS = "fpu avx2 avx512f avx512bw avx512_vnni avx512_bf16"
-GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes crc32 atomics asimddp i8mm bf16\n"
 
 
-def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path) -> None:
+NEOVERSE_N1 = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes crc32 atomics asimddp\nCPU part\t: 0xd0c\n"
+
+
+@pytest.fixture
+def on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown flags mean True on Apple silicon: pin the platform so the parsing is what is tested."""
+    monkeypatch.setattr("platform.system", lambda: "Linux")
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+
+
+def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path, on_linux) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(ZEN3)
     assert "avx2" in cpu_flags(cpuinfo) and "avx512_vnni" not in cpu_flags(cpuinfo)  # the first CPU's line
     assert has_int8_dot_product(cpu_flags(cpuinfo)) is False
     assert cpu_name(cpuinfo) == "AMD EPYC 7B13"
-    assert has_int8_dot_product(ZEN4_FLAGS.split()) is True
-    assert has_int8_dot_product(["avx2", "avx_vnni"]) is True  # Alder Lake and later: VNNI without AVX-512
-    cpuinfo.write_text(GRAVITON)
+    cpuinfo.write_text(NEOVERSE_N1)  # Arm: "Features", the dot product without i8mm
     assert has_int8_dot_product(cpu_flags(cpuinfo)) is True
-    assert cpu_flags(tmp_path / "absent") is None
+    cpuinfo.write_text("processor\t: 0\nflags\t\t:\n")
+    assert cpu_flags(cpuinfo) is None  # an empty line is unknown, not "none of them"
+    assert cpu_flags(tmp_path / "absent") is None and has_int8_dot_product(None) is None
 
 
-def test_int8_on_a_cpu_without_dot_products_is_warned_about(caplog) -> None:
+@pytest.mark.parametrize("flag", ["avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"])
+def test_each_int8_dot_product_flag_counts(flag: str) -> None:
+    assert has_int8_dot_product(["fpu", "avx2", flag]) is True
+
+
+@pytest.mark.parametrize("near_miss", ["asimd", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "avx2", "fma"])
+def test_near_misses_do_not_count(near_miss: str) -> None:
+    assert has_int8_dot_product([near_miss]) is False
+
+
+def test_apple_silicon_lists_no_flags_but_has_dot_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.system", lambda: "Darwin")
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    assert has_int8_dot_product(None) is True
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert has_int8_dot_product(None) is None
+
+
+def test_int8_on_a_cpu_without_dot_products_is_warned_about(caplog, on_linux) -> None:
     from embed_server.backends.onnx import warn_without_int8_dot_product
 
     with caplog.at_level("WARNING", logger="embed_server.backends.onnx"):
         assert warn_without_int8_dot_product("m", frozenset(ZEN4_FLAGS.split())) is False
+        assert warn_without_int8_dot_product("m", None) is False  # unknown: nobody is warned
         assert not caplog.records
         assert warn_without_int8_dot_product("m", frozenset({"avx2", "fma"})) is True
     (record,) = caplog.records
-    assert record.event == "onnx_int8_slow_cpu" and record.model == "m" and "leave quantize unset" in record.advice
+    assert record.event == "onnx_int8_slow_cpu" and record.model == "m"
+    # Text logs print only the message: it names the model and the fix.
+    assert "'m'" in record.getMessage() and "leave quantize unset" in record.getMessage()
 
 
 def test_a_missing_device_stops_the_server_before_it_serves() -> None:

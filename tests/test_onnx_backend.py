@@ -61,6 +61,16 @@ def test_fp32_graph_equals_torch(cache_dir: Path) -> None:
     assert np.allclose(vectors(fp32, TEXTS), raw_embeddings(TEXTS), atol=1e-4)
 
 
+@pytest.mark.parametrize("quantize", ["int8", None])
+def test_int8_on_a_cpu_without_dot_products_warns_at_load(cache_dir: Path, quantize: str | None,
+                                                          monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setattr("embed_server.backends.onnx.this_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with caplog.at_level("WARNING", logger="embed_server.backends.onnx"):
+        OnnxBackend(ModelSpec(id="m", source=SOURCE, runtime="onnx", quantize=quantize), 2, cache_dir)
+    warned = [r for r in caplog.records if getattr(r, "event", "") == "onnx_int8_slow_cpu"]
+    assert len(warned) == (1 if quantize else 0)
+
+
 def test_padded_batch_equals_one_text_at_a_time(int8: OnnxBackend) -> None:
     ids = [int8.truncate(i) for i in int8.tokenize(TEXTS)]
     alone = np.vstack([int8.encode([one]) for one in ids])
