@@ -40,6 +40,31 @@ lexical_dim = 4096
 """
 
 
+# The fixtures of the one chat stack (tests/chat_stack.py): every test that uses one runs in the same worker.
+CHAT_STACK_FIXTURES = {"chat_stack", "people", "chat_server", "chat"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n`` (pytest-xdist, ``--dist loadgroup``) a module's tests run in one worker, so its
+    module fixtures start once, and so do the chat modules' session stack. The modules that run Open WebUI
+    go first, then the other slow ones: the longest work starts early and the workers finish together.
+    """
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("openwebui") else 1 if item.get_closest_marker("slow") else 2
+
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    on_chat_stack = {module(item) for item in items if CHAT_STACK_FIXTURES & set(item.fixturenames)}
+    group_of = {name: "chat-stack" if name in on_chat_stack else name for name in map(module, items)}
+    group_weight: dict[str, int] = {}
+    for item in items:
+        group = group_of[module(item)]
+        item.add_marker(pytest.mark.xdist_group(group))
+        group_weight[group] = min(group_weight.get(group, 2), weight(item))
+    items.sort(key=lambda item: group_weight[group_of[module(item)]])  # stable: a module's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def log_dir() -> Path:
     return ARTIFACTS / "logs"
