@@ -40,29 +40,45 @@ lexical_dim = 4096
 """
 
 
-# The fixtures of the one chat stack (tests/chat_stack.py): every test that uses one runs in the same worker.
+# The one chat stack's fixtures (tests/chat_stack.py), and the modules that use them: one worker runs them all.
 CHAT_STACK_FIXTURES = {"chat_stack", "people", "chat_server", "chat"}
+CHAT_STACK_MODULES = {"test_chat.py", "test_chat_direct.py", "test_chat_gate.py", "test_chat_retrieval.py",
+                      "test_pipelines.py", "test_valves.py", "test_vector_bridge_cli.py"}
+
+
+def work_unit(nodeid: str) -> str:
+    """What one worker runs whole: a test's module (its module fixtures start once), or the chat modules."""
+    module = nodeid.split("::")[0]
+    return "chat-stack" if Path(module).name in CHAT_STACK_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``make test`` runs the suite in workers (pytest-xdist) and gives each a work unit at a time."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n`` (pytest-xdist, ``--dist loadgroup``) a module's tests run in one worker, so its
-    module fixtures start once, and so do the chat modules' session stack. The modules that run Open WebUI
-    go first, then the other slow ones: the longest work starts early and the workers finish together.
-    """
+    """Work units that run Open WebUI go first, then the other slow ones: the longest work starts early, so
+    the workers finish together. A module using the chat stack must be listed, or it would start another."""
+    unlisted = {item.path.name for item in items
+                if CHAT_STACK_FIXTURES & set(item.fixturenames) and item.path.name not in CHAT_STACK_MODULES}
+    if unlisted:
+        raise pytest.UsageError(f"add {sorted(unlisted)} to CHAT_STACK_MODULES in tests/conftest.py")
+
     def weight(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("openwebui") else 1 if item.get_closest_marker("slow") else 2
 
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0]
-
-    on_chat_stack = {module(item) for item in items if CHAT_STACK_FIXTURES & set(item.fixturenames)}
-    group_of = {name: "chat-stack" if name in on_chat_stack else name for name in map(module, items)}
-    group_weight: dict[str, int] = {}
+    unit_weight: dict[str, int] = {}
     for item in items:
-        group = group_of[module(item)]
-        item.add_marker(pytest.mark.xdist_group(group))
-        group_weight[group] = min(group_weight.get(group, 2), weight(item))
-    items.sort(key=lambda item: group_weight[group_of[module(item)]])  # stable: a module's tests keep their order
+        unit = work_unit(item.nodeid)
+        unit_weight[unit] = min(unit_weight.get(unit, 2), weight(item))
+    items.sort(key=lambda item: unit_weight[work_unit(item.nodeid)])  # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="session")
