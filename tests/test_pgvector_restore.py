@@ -133,7 +133,7 @@ def test_a_restore_killed_midway_leaves_each_collection_whole_and_the_next_run_f
     table = store.create_table(DIM)
     for name, found in old.items():
         store.upsert(name, found, table)
-    new = {"small": chunks("small", 80, 5), "large": chunks("large", 30_000, 6)}
+    new = {"small": chunks("small", 80, 5), "large": chunks("large", 12_000, 6)}
     backup = write_backup(tmp_path / "new.jsonl.gz", new)
     size = store._db.execute("SELECT pg_relation_size('document_chunk')").fetchone()[0]
     store._db.commit()

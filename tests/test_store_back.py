@@ -35,6 +35,7 @@ from vector_bridge.store import MOVES_COLLECTION, STORE_COLLECTION
 
 pytestmark = pytest.mark.slow
 HYBRID_PG = "all-MiniLM-L6-v2-hybrid-pg"  # 3,456 dimensions, kept as halfvec by pgvector
+BIG = 3000  # chunks in the collection a kill cuts: a dozen pages, so the kill lands midway
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +261,7 @@ def test_padding_is_removed_to_each_models_length_and_halfvec_compares_as_stored
 def test_a_run_killed_midway_is_finished_by_the_next(stores: tuple, settings: Settings, back_port: int) -> None:
     _, back = stores
     url = source_schema(settings, "big")
-    rows = unit_rows("big", 6000, DIM, 50)
+    rows = unit_rows("big", BIG, DIM, 50)
     insert(url, "big", rows)
     process = cli(settings, back_port, "chroma", url=url, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -274,10 +275,10 @@ def test_a_run_killed_midway_is_finished_by_the_next(stores: tuple, settings: Se
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     written = back.get_collection("big").count()
-    assert 0 < written < 6000, written
+    assert 0 < written < BIG, written
     report = by_name(run(settings, back_port, "chroma", url=url))["big"]
     # the page the kill cut may be written again, never more
-    assert 6000 - written <= report["written"] <= 6000 - written + 256, (written, report)
+    assert BIG - written <= report["written"] <= BIG - written + 256, (written, report)
     assert_same({i: (t, m, v) for i, t, m, v in rows}, contents(back, "big"))
     assert run(settings, back_port, "chroma", url=url)["collections"][0]["written"] == 0
 

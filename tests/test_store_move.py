@@ -29,6 +29,7 @@ from vector_bridge.store import TOOL_COLLECTIONS
 
 pytestmark = pytest.mark.slow
 DIM = 384
+BIG = 3000  # chunks in the collection a kill cuts: a dozen pages, so the kill lands midway
 CONFIG = repr({"engine": "openai", "model": "all-MiniLM-L6-v2"})
 
 
@@ -156,7 +157,7 @@ def test_after_the_switch_what_open_webui_wrote_in_pgvector_is_never_undone(stor
 
 
 def test_a_run_killed_midway_is_finished_by_the_next(stores: chromadb.ClientAPI, settings: Settings) -> None:
-    fill(stores, "big", 6000, 11)
+    fill(stores, "big", BIG, 11)
     with PgvectorStore(pgvector_url(settings)) as target:
         assert "big" not in target.collections()
     process = cli(settings, "--collection", "big", start_new_session=True)
@@ -171,9 +172,9 @@ def test_a_run_killed_midway_is_finished_by_the_next(stores: chromadb.ClientAPI,
     process.wait()
     with PgvectorStore(pgvector_url(settings)) as target:
         written = target.collections().get("big", 0)
-    assert 0 < written < 6000 and written % 256 == 0, written  # whole pages only
+    assert 0 < written < BIG and written % 256 == 0, written  # whole pages only
     report = move(settings)
-    assert {c["collection"]: c["written"] for c in report["collections"]}["big"] == 6000 - written
+    assert {c["collection"]: c["written"] for c in report["collections"]}["big"] == BIG - written
     assert_identical(stores, settings, ["big"])
 
 
