@@ -31,7 +31,7 @@ up: setup
 
 test: setup
 	.ci/system-deps
-	$(PY) -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 bench: setup
 	$(PY) bench/embeddings.py --quick

@@ -40,7 +40,9 @@ lexical_dim = 4096
 """
 
 
-# The one chat stack's fixtures (tests/chat_stack.py), and the modules that use them: one worker runs them all.
+# The one chat stack's fixtures (tests/chat_stack.py), and the modules run in the same worker: those using
+# them, the chat server's other modules, and the CLI's (its `up --with-chat` converts the chat model into the
+# shared cache, as the chat stack's first start does).
 CHAT_STACK_FIXTURES = {"chat_stack", "people", "chat_server", "chat"}
 CHAT_STACK_MODULES = {"test_chat.py", "test_chat_direct.py", "test_chat_gate.py", "test_chat_retrieval.py",
                       "test_pipelines.py", "test_valves.py", "test_vector_bridge_cli.py"}
@@ -52,14 +54,18 @@ def work_unit(nodeid: str) -> str:
     return "chat-stack" if Path(module).name in CHAT_STACK_MODULES else module
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """``make test`` runs the suite in workers (pytest-xdist) and gives each a work unit at a time."""
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """Under ``pytest -n N`` (``make test``) each worker is given a work unit at a time, in collection order.
+    An explicit ``--dist`` other than the default is left to pytest-xdist."""
+    if config.getvalue("dist") != "load":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ByWorkUnit(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
 
+    config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems gives
     return ByWorkUnit(config, log)
 
 

@@ -36,8 +36,6 @@ EMBED_KEY = secrets.token_hex(24)
 ADMIN_PASSWORD = "a-long-test-password"
 FAST_RETRY = RetryPolicy(tries=3, first_delay=0.01)
 
-pytestmark = [pytest.mark.openwebui, pytest.mark.slow]
-
 
 def abstracts(count: int, skip: int = 0) -> list[str]:
     """SciFact abstracts as plain text: real prose, so each chunk has distinct text."""

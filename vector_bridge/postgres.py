@@ -157,8 +157,13 @@ def _ensure_system_user(user: str) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        user], check=True, capture_output=True)
+        made = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
+                               "/usr/sbin/nologin", user], capture_output=True)
+        if made.returncode != 0:
+            try:
+                pwd.getpwnam(user)  # another process made it meanwhile
+            except KeyError:
+                raise PostgresError(f"cannot create the system user {user!r}: {made.stderr.strip()}") from None
 
 
 def _check_reachable(root: Path) -> None:

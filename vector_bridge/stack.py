@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -11,10 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -196,18 +198,29 @@ def stored_secret(path: Path) -> str:
 def bridge_environment(settings: Settings) -> dict[str, str]:
     """What the server's /v1/search needs to see the same store and Open WebUI as this process."""
     env = {"EMBED_CHROMA_HOST": settings.chroma_host, "EMBED_CHROMA_PORT": str(settings.chroma_port),
-           "EMBED_CHROMA_SSL": str(settings.chroma_ssl).lower(), "OPENWEBUI_URL": settings.openwebui_url}
+           "EMBED_CHROMA_SSL": str(settings.chroma_ssl).lower(), "OPENWEBUI_URL": settings.openwebui_url,
+           # The same state folder (the built-in store's password, the hybrid's counts): not each its own default.
+           "EMBED_STATE_DIR": str(settings.state_dir.resolve())}
     if settings.chroma_token is not None:
         env["EMBED_CHROMA_TOKEN"] = settings.chroma_token.get_secret_value()
     if settings.openwebui_api_key is not None:
         env["OPENWEBUI_API_KEY"] = settings.openwebui_api_key.get_secret_value()
     if settings.store == "pgvector":
-        # The built-in store's password is read from the state folder, so the servers need the same one.
-        env |= {"EMBED_STORE": "pgvector", "EMBED_STATE_DIR": str(settings.state_dir.resolve()),
-                "EMBED_POSTGRES_HOST": settings.postgres_host, "EMBED_POSTGRES_PORT": str(settings.postgres_port)}
+        env |= {"EMBED_STORE": "pgvector", "EMBED_POSTGRES_HOST": settings.postgres_host,
+                "EMBED_POSTGRES_PORT": str(settings.postgres_port)}
         if settings.pgvector_url is not None:
             env["EMBED_PGVECTOR_URL"] = settings.pgvector_url.get_secret_value()
     return env
+
+
+@contextmanager
+def _installing(venv: Path) -> Iterator[None]:
+    """One install into ``venv`` at a time: two processes starting Open WebUI at once (two stacks, two test
+    workers) would otherwise both rebuild it, one under the other's feet."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.with_name(venv.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def openwebui_venv(settings: Settings) -> Path:
@@ -216,12 +229,15 @@ def openwebui_venv(settings: Settings) -> Path:
     complete = venv / ".install-complete"  # an interrupted install is redone, never used
     if complete.exists():
         return venv
-    log.info("installing Open WebUI (once, a few minutes)", extra={"venv": str(venv)})
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, settings.openwebui_torch], check=True)
-    subprocess.run([*pip, f"open-webui=={settings.openwebui_version}"], check=True)
-    complete.touch()
+    with _installing(venv):
+        if complete.exists():  # another process installed it while this one waited
+            return venv
+        log.info("installing Open WebUI (once, a few minutes)", extra={"venv": str(venv)})
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, settings.openwebui_torch], check=True)
+        subprocess.run([*pip, f"open-webui=={settings.openwebui_version}"], check=True)
+        complete.touch()
     return venv
 
 
@@ -229,10 +245,13 @@ def openwebui_pgvector_client(settings: Settings, venv: Path) -> None:
     """Installs, once, what Open WebUI needs to run on VECTOR_DB=pgvector: its base install lacks the client,
     which its own `postgres` extra pins (pgvector, psycopg2-binary)."""
     complete = venv / ".pgvector-client-complete"
-    if not complete.exists():
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                        f"open-webui[postgres]=={settings.openwebui_version}"], check=True)
-        complete.touch()
+    if complete.exists():
+        return
+    with _installing(venv):
+        if not complete.exists():
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                            f"open-webui[postgres]=={settings.openwebui_version}"], check=True)
+            complete.touch()
 
 
 def openwebui_service(settings: Settings) -> Service:
