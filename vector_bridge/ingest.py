@@ -89,10 +89,11 @@ class Report:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for connection errors and 5xx: 6 tries, 1, 2, 4, 8 and 16 s apart (about 30 s, an Open WebUI
-    restart here). A 4xx is an answer, not an outage: asking again would change nothing."""
+    """Backoff for connection errors and 5xx: 7 tries, 1, 2, 4, 8, 16 and 32 s apart (about a minute: an Open
+    WebUI restart takes 30 s on 2 idle cores, and more than 31 s was measured with the machine busy). A 4xx is
+    an answer, not an outage: asking again would change nothing."""
 
-    tries: int = 6
+    tries: int = 7
     first_delay: float = 1.0
     factor: float = 2.0
 
