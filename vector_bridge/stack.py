@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import secrets
@@ -12,17 +11,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 
 from config import Settings
 from config.settings import is_loopback
+from embed_server.state_file import locked
 from vector_bridge.openwebui_env import StoreDoesNotFit, openwebui_environment
 from vector_bridge.store import connect, widen_hnsw_search
 
@@ -212,23 +211,15 @@ def bridge_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def _installing(venv: Path) -> Iterator[None]:
-    """One install into ``venv`` at a time: two processes starting Open WebUI at once (two stacks, two test
-    workers) would otherwise both rebuild it, one under the other's feet."""
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.with_name(venv.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def openwebui_venv(settings: Settings) -> Path:
     """Open WebUI's own venv, installed once per version in the cache (about 3 GB)."""
     venv = settings.cache_dir / f"open-webui-{settings.openwebui_version}"
     complete = venv / ".install-complete"  # an interrupted install is redone, never used
     if complete.exists():
         return venv
-    with _installing(venv):
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # One install at a time: two stacks (or test workers) starting Open WebUI at once would both rebuild it.
+    with locked(venv):
         if complete.exists():  # another process installed it while this one waited
             return venv
         log.info("installing Open WebUI (once, a few minutes)", extra={"venv": str(venv)})
@@ -246,7 +237,7 @@ def openwebui_pgvector_client(settings: Settings, venv: Path) -> None:
     complete = venv / ".pgvector-client-complete"
     if complete.exists():
         return
-    with _installing(venv):
+    with locked(venv):
         if not complete.exists():
             subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
                             f"open-webui[postgres]=={settings.openwebui_version}"], check=True)
