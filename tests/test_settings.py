@@ -30,6 +30,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_config_file_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "embed.toml"
+    monkeypatch.delenv("EMBED_THREADS", raising=False)  # the test run may set it (tests/conftest.py)
     config.write_text('port = 7000\nthreads = 3\n[[models]]\nid = "m"\nsource = "/models/m"\nquery_prefix = "q: "\n')
     settings = load_settings(config)
     assert (settings.port, settings.threads, settings.models[0].query_prefix) == (7000, 3, "q: ")
