@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -16,10 +17,29 @@ REPO = Path(__file__).resolve().parents[1]
 EVAL = Path(os.environ.get("EVAL_DATA_DIR") or REPO.parent / "shared" / "eval")
 
 
+# Under pytest-xdist each worker hands out ports from a range of its own, below the kernel's ephemeral
+# ports: a port picked here is often bound only seconds later (Open WebUI takes ~30 s to start), and two
+# workers asking the kernel for a free one could both be given it meanwhile.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+PORTS_PER_WORKER = 2000
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    if not WORKER.removeprefix("gw").isdigit():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    first = 10000 + int(WORKER.removeprefix("gw")) * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = first + next(_next_port) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + PORTS_PER_WORKER - 1}")
 
 
 @contextmanager

@@ -86,7 +86,7 @@ class Stack:
 def build_stack(root: Path, *, with_openwebui: bool, **overrides: object) -> Stack:
     chroma_port, proxy_port = free_port(), free_port()
     token = secrets.token_urlsafe(24).replace("-", "").replace("_", "")  # no "," or "=" for CHROMA_HTTP_HEADERS
-    common = dict(port=free_port(), log_dir=root / "logs", chroma_path=root / "chroma",
+    common = dict(port=free_port(), log_dir=root / "logs", state_dir=root / "state", chroma_path=root / "chroma",
                   openwebui_data=root / "open-webui", openwebui_url=f"http://127.0.0.1:{free_port()}") | overrides
     internal = load_settings(chroma_port=chroma_port, **common)
     public = load_settings(chroma_port=proxy_port, chroma_token=token, **common)

@@ -197,15 +197,16 @@ def stored_secret(path: Path) -> str:
 def bridge_environment(settings: Settings) -> dict[str, str]:
     """What the server's /v1/search needs to see the same store and Open WebUI as this process."""
     env = {"EMBED_CHROMA_HOST": settings.chroma_host, "EMBED_CHROMA_PORT": str(settings.chroma_port),
-           "EMBED_CHROMA_SSL": str(settings.chroma_ssl).lower(), "OPENWEBUI_URL": settings.openwebui_url}
+           "EMBED_CHROMA_SSL": str(settings.chroma_ssl).lower(), "OPENWEBUI_URL": settings.openwebui_url,
+           # The same state folder (the built-in store's password, the hybrid's counts): not each its own default.
+           "EMBED_STATE_DIR": str(settings.state_dir.resolve())}
     if settings.chroma_token is not None:
         env["EMBED_CHROMA_TOKEN"] = settings.chroma_token.get_secret_value()
     if settings.openwebui_api_key is not None:
         env["OPENWEBUI_API_KEY"] = settings.openwebui_api_key.get_secret_value()
     if settings.store == "pgvector":
-        # The built-in store's password is read from the state folder, so the servers need the same one.
-        env |= {"EMBED_STORE": "pgvector", "EMBED_STATE_DIR": str(settings.state_dir.resolve()),
-                "EMBED_POSTGRES_HOST": settings.postgres_host, "EMBED_POSTGRES_PORT": str(settings.postgres_port)}
+        env |= {"EMBED_STORE": "pgvector", "EMBED_POSTGRES_HOST": settings.postgres_host,
+                "EMBED_POSTGRES_PORT": str(settings.postgres_port)}
         if settings.pgvector_url is not None:
             env["EMBED_PGVECTOR_URL"] = settings.pgvector_url.get_secret_value()
     return env
