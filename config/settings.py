@@ -104,6 +104,18 @@ def _split_keys(value: Any) -> Any:
     return value
 
 
+def default_threads() -> int:
+    """OMP_NUM_THREADS when it is a plain count (the usual way to give a process its share of the cores, and
+    what torch itself reads), else the cores this process may run on (a container's cpuset, taskset)."""
+    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested.isdigit() and int(requested) > 0:
+        return int(requested)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EMBED_",
@@ -145,7 +157,9 @@ class Settings(BaseSettings):
     )
 
     # Batching and inference
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    threads: int = Field(default_factory=default_threads, gt=0,
+                         description="torch and ONNX Runtime threads per process; default OMP_NUM_THREADS, else "
+                         "the cores this process may use.")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="Where torch models run: auto "
                         "(cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; a model may set its own.")
     precision: Precision = Field(default="fp32", description="torch models' weights: fp32, or fp16/bf16 on a GPU.")

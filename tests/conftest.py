@@ -7,15 +7,14 @@ from typing import Iterator
 
 def share_the_cores_between_workers() -> None:
     """Under pytest-xdist each worker starts servers of its own beside the other workers' servers, and torch and
-    ONNX Runtime size their thread pools for the whole machine: on 2 cores, three processes of 2 threads each
-    embedded 40% less in all than three of 1 thread each. So each worker, and every server it starts (they inherit
-    the environment), takes its share of the cores unless EMBED_THREADS or OMP_NUM_THREADS already says. Set before
-    anything imports torch."""
+    ONNX Runtime size their thread pools for the whole machine: on 2 cores, two or three busy processes of 2
+    threads each embedded 20-40% less in all than of 1 thread each (bench/threads.py). So each worker, and every
+    process it starts, takes its share of the cores through OMP_NUM_THREADS (which the settings' thread count
+    and torch both default to, and which the tests that clean EMBED_* from a child's environment keep), unless
+    it is already set. Set before anything imports torch."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        share = str(max(1, (os.cpu_count() or 1) // workers))
-        os.environ.setdefault("EMBED_THREADS", share)
-        os.environ.setdefault("OMP_NUM_THREADS", share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
 
 share_the_cores_between_workers()

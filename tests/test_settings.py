@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,6 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_config_file_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "embed.toml"
-    monkeypatch.delenv("EMBED_THREADS", raising=False)  # the test run may set it (tests/conftest.py)
     config.write_text('port = 7000\nthreads = 3\n[[models]]\nid = "m"\nsource = "/models/m"\nquery_prefix = "q: "\n')
     settings = load_settings(config)
     assert (settings.port, settings.threads, settings.models[0].query_prefix) == (7000, 3, "q: ")
@@ -92,3 +92,19 @@ def test_redis_is_off_unless_a_url_is_given_and_its_password_stays_secret(monkey
     with pytest.raises(SettingsError, match="redis_url: .*redis://") as refused:
         load_settings(redis_url="http://:pa55word@redis:6379")
     assert "pa55word" not in str(refused.value)
+
+
+def test_threads_default_to_omp_num_threads_else_the_cores_this_process_may_use(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMBED_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert load_settings().threads == 3
+    usable = len(os.sched_getaffinity(0))
+    for unusable in ("4,2", "0", ""):  # OpenMP's nested form and nonsense fall back to the cores
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert load_settings().threads == usable
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert load_settings().threads == usable
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("EMBED_THREADS", "5")
+    assert load_settings().threads == 5

