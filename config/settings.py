@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -104,16 +105,39 @@ def _split_keys(value: Any) -> Any:
     return value
 
 
-def default_threads() -> int:
-    """OMP_NUM_THREADS when it is a plain count (the usual way to give a process its share of the cores, and
-    what torch itself reads), else the cores this process may run on (a container's cpuset, taskset)."""
-    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if requested.isdigit() and int(requested) > 0:
-        return int(requested)
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (a cpuset, taskset), capped by a cgroup CPU quota
+    (docker --cpus, a Kubernetes limit), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time a cgroup allows this process (v2 ``cpu.max`` or v1 CFS files); None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS (its first level: "4,2" is 4) when set, the usual way to give a process its share of the
+    cores and what torch itself reads; else the cores this process may use."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isascii() and first.isdecimal() and int(first) > 0:
+        return int(first)
+    return usable_cores()
 
 
 class Settings(BaseSettings):

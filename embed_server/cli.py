@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     # Fewer tokenizer threads than cores: the model's forward pass needs them.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger(__name__).info("starting", extra={"host": settings.host, "port": settings.port,
-                                                        "models": [m.id for m in settings.models]})
+                                                        "models": [m.id for m in settings.models],
+                                                        "threads": settings.threads})
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 timeout_graceful_shutdown=10, backlog=2048)
 

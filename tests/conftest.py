@@ -12,9 +12,11 @@ def share_the_cores_between_workers() -> None:
     process it starts, takes its share of the cores through OMP_NUM_THREADS (which the settings' thread count
     and torch both default to, and which the tests that clean EMBED_* from a child's environment keep), unless
     it is already set. Set before anything imports torch."""
+    from config.settings import usable_cores  # no torch behind it
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // workers)))
 
 
 share_the_cores_between_workers()

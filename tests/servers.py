@@ -42,7 +42,8 @@ def worker_ports() -> range | None:
     share = (ephemeral_ports_start() - FIRST_PORT) // workers
     if share < 100:
         raise RuntimeError(f"too few ports below the kernel's ephemeral range for {workers} test workers")
-    first = FIRST_PORT + int(WORKER.removeprefix("gw")) * share
+    # xdist names a worker that replaces a crashed one gw<N>, gw<N+1>, ...: it takes the crashed one's range.
+    first = FIRST_PORT + int(WORKER.removeprefix("gw")) % workers * share
     return range(first, first + share)
 
 
@@ -83,3 +84,4 @@ def embed_server(log_dir: Path, name: str = "embed", host: str = "127.0.0.1", **
         yield f"http://127.0.0.1:{port}"
     finally:
         service.stop()
+        shutil.rmtree(state, ignore_errors=True)  # a test that keeps state passes EMBED_STATE_DIR

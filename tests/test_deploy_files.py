@@ -87,6 +87,10 @@ def test_embeddings_scale_on_cpu_from_two_replicas_with_resources() -> None:
     assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
     assert "replicas" not in deployment["spec"]  # the HPA's to set: an apply must not reset it
     assert container(deployment)["resources"]["requests"]["cpu"]  # utilization is a share of the request
+    # Each replica's torch pool is its requested share of the node, not the whole node.
+    env = {e["name"]: e for e in container(deployment)["env"]}
+    threads = env["EMBED_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert threads == {"resource": "requests.cpu"}
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from config import SettingsError, load_settings
+from config.settings import usable_cores
 
 
 def test_defaults_serve_the_offline_minilm() -> None:
@@ -99,8 +100,11 @@ def test_threads_default_to_omp_num_threads_else_the_cores_this_process_may_use(
     monkeypatch.delenv("EMBED_THREADS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert load_settings().threads == 3
-    usable = len(os.sched_getaffinity(0))
-    for unusable in ("4,2", "0", ""):  # OpenMP's nested form and nonsense fall back to the cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's nested form: the outer level
+    assert load_settings().threads == 4
+    usable = usable_cores()
+    assert 1 <= usable <= (os.cpu_count() or 1)
+    for unusable in ("0", "", "\u00b2", "lots"):
         monkeypatch.setenv("OMP_NUM_THREADS", unusable)
         assert load_settings().threads == usable
     monkeypatch.delenv("OMP_NUM_THREADS")

@@ -77,7 +77,7 @@ class LocalGenerator:
             shutil.rmtree(saved, ignore_errors=True)  # a folder without config.json: an old, broken copy
             partial.replace(saved)  # whole or absent: a killed save is redone next start
         self._model.eval()
-        log.info("generator loaded", extra={"generator": self.name, "weights": str(saved)})
+        log.info("generator loaded", extra={"generator": self.name, "weights": str(saved), "threads": self._threads})
 
     async def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> AsyncIterator[str]:
         if self._model is None:
