@@ -103,9 +103,10 @@ def scifact_queries(folder: Path) -> list[str]:
 def embed(texts: list[str]) -> np.ndarray:
     """The raw model in-process (the server's own backend): the vectors our server would return."""
     from config import ModelSpec
+    from config.settings import default_threads
     from embed_server.backends.transformer import TransformerBackend
 
-    backend = TransformerBackend(ModelSpec(id=MODEL, source=SOURCE), threads=os.cpu_count() or 1)
+    backend = TransformerBackend(ModelSpec(id=MODEL, source=SOURCE), threads=default_threads())
     ids = [backend.truncate(item) for item in backend.tokenize(texts)]
     order = sorted(range(len(ids)), key=lambda index: len(ids[index]))  # similar lengths together: less padding
     out = np.zeros((len(texts), DIMENSION), dtype=np.float32)

